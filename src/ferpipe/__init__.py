@@ -1,0 +1,1 @@
+"""Facial-expression recognition pipeline (Li & Lima 2021 reproduction)."""

@@ -1,0 +1,194 @@
+"""ingest stage: raw dataset -> normalised PNG images + manifest.csv.
+
+    python -m ferpipe.ingest --dataset data/jaffe --out artifacts/ingest
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from . import config
+from .config import CLASSES, IngestParams, load_section
+from .io import write_json
+from .readers import DatasetError, read_dataset
+
+log = logging.getLogger("ferpipe.ingest")
+
+MANIFEST_COLUMNS = ["path", "label", "subject", "source_path", "sha256",
+                    "width", "height", "face_found"]  # fmt: skip
+
+
+class FaceCropper:
+    """OpenCV's bundled frontal-face Haar cascade: largest face plus a margin."""
+
+    def __init__(self, margin: float):
+        import cv2
+
+        self.cv2 = cv2
+        xml = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
+        self.cascade = cv2.CascadeClassifier(str(xml))
+        if self.cascade.empty():
+            raise RuntimeError(f"cannot load the Haar cascade {xml}")
+        self.margin = margin
+
+    def box(self, gray: np.ndarray) -> tuple[int, int, int] | None:
+        """(x0, y0, side) of a square around the largest face, or None when none is found."""
+        h, w = gray.shape
+        faces = self.cascade.detectMultiScale(
+            gray, scaleFactor=1.1, minNeighbors=5, minSize=(max(24, w // 8), max(24, h // 8))
+        )
+        if len(faces) == 0:
+            return None
+        x, y, fw, fh = max(faces, key=lambda f: f[2] * f[3])
+        side = min(int(max(fw, fh) * (1 + 2 * self.margin)), h, w)
+        cx, cy = x + fw // 2, y + fh // 2
+        x0 = int(np.clip(cx - side // 2, 0, w - side))
+        y0 = int(np.clip(cy - side // 2, 0, h - side))
+        return x0, y0, side
+
+
+def center_square(arr: np.ndarray) -> np.ndarray:
+    h, w = arr.shape[:2]
+    s = min(h, w)
+    y0, x0 = (h - s) // 2, (w - s) // 2
+    return arr[y0 : y0 + s, x0 : x0 + s]
+
+
+def normalise_image(im: Image.Image, p: IngestParams, cropper: FaceCropper | None):
+    """-> (RGB image of image_size x image_size, face_found or None when not searched)."""
+    # Palette TIFFs (23 in JAFFE) must go through 'L', never be read as palette indices.
+    gray = np.asarray(im.convert("L"))
+    pixels = gray if p.grayscale else np.asarray(im.convert("RGB"))
+    face_found = None
+    box = cropper.box(gray) if cropper is not None else None
+    if cropper is not None:
+        face_found = box is not None
+    if box is not None:
+        x0, y0, side = box
+        crop = pixels[y0 : y0 + side, x0 : x0 + side]
+    else:  # no face (counted in the report) or no detection asked: centre square
+        crop = center_square(pixels)
+    out = Image.fromarray(crop).resize((p.image_size, p.image_size), Image.BICUBIC)
+    return out.convert("RGB"), face_found
+
+
+def safe_name(source: str, root: Path) -> str:
+    try:
+        rel = Path(source).relative_to(root)
+        stem = str(rel.with_suffix(""))
+    except ValueError:
+        stem = Path(source.replace("#row=", "_row")).name
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("_") + ".png"
+
+
+def ingest(dataset: Path, out_dir: Path, p: IngestParams, layout: str = "auto") -> pd.DataFrame:
+    t0 = time.time()
+    layout, records = read_dataset(dataset, layout, p.kdef_views)
+    root = dataset if dataset.is_dir() else dataset.parent
+
+    unknown = [r for r in records if r.label is None]
+    dropped = collections.Counter(r.raw_label for r in unknown)
+    if unknown and not p.drop_unknown_labels:
+        listing = ", ".join(f"{r.source} ('{r.raw_label}')" for r in unknown[:10])
+        raise DatasetError(
+            f"{len(unknown)} image(s) have labels outside {list(CLASSES)}: {listing}"
+            + (" ..." if len(unknown) > 10 else "")
+            + " (set ingest.drop_unknown_labels: true to drop them)"
+        )
+    records = [r for r in records if r.label is not None]
+    if p.max_images:
+        records = records[: p.max_images]
+    if not records:
+        raise DatasetError(f"{dataset}: no images with a label among {list(CLASSES)}")
+
+    cropper = FaceCropper(p.face_margin) if p.face_crop == "haar" else None
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Build into a sibling temp folder, then swap it in: a crash never leaves half an output.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        (tmp / "images").mkdir()
+        rows, names = [], set()
+        for rec in tqdm(records, desc="ingest", unit="img", disable=None, mininterval=2):
+            im = rec.loader()
+            img, face = normalise_image(im, p, cropper)
+            name = safe_name(rec.source, root)
+            if name in names:
+                raise DatasetError(f"{rec.source}: output name {name} collides with another file")
+            names.add(name)
+            img.save(tmp / "images" / name, format="PNG", optimize=False)
+            rows.append({
+                "path": f"images/{name}", "label": rec.label, "subject": rec.subject or "",
+                "source_path": rec.source, "sha256": rec.hasher(),
+                "width": img.width, "height": img.height,
+                "face_found": "" if face is None else bool(face),
+            })  # fmt: skip
+        manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+        manifest.to_csv(tmp / "manifest.csv", index=False, lineterminator="\n")
+        counts = manifest["label"].value_counts()
+        report = {
+            "dataset": str(dataset),
+            "layout": layout,
+            "n_images": len(manifest),
+            "n_subjects": int(manifest.loc[manifest["subject"] != "", "subject"].nunique()),
+            "class_counts": {c: int(counts.get(c, 0)) for c in CLASSES},
+            "dropped_labels": dict(sorted(dropped.items())),
+            "face_crop": p.face_crop,
+            "faces_not_found": int((manifest["face_found"] == False).sum()),  # noqa: E712
+            "image_size": p.image_size,
+            "seconds": round(time.time() - t0, 2),
+        }
+        write_json(tmp / "ingest_report.json", report)
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("ingest: %d images (%s layout), classes %s, dropped %s",
+             len(manifest), layout, report["class_counts"], report["dropped_labels"])  # fmt: skip
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--dataset", type=Path, help="raw dataset folder or CSV (default: params data.dataset)")
+    ap.add_argument("--layout", help="dataset layout (default: params data.layout, 'auto' detects)")
+    ap.add_argument("--out", type=Path, default=config.INGEST_DIR, help="output folder (images/ + manifest.csv)")
+    ap.add_argument("--params", type=Path, default=config.PARAMS_FILE, help="params.yaml to read 'data' and 'ingest' from")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        data = load_section("data", args.params)
+        p = load_section("ingest", args.params)
+        if p.face_crop not in ("none", "haar"):
+            raise config.ParamsError(f"params.yaml: ingest.face_crop: expected none or haar, got {p.face_crop!r}")
+        if p.image_size < 32:
+            raise config.ParamsError(f"params.yaml: ingest.image_size: expected >= 32, got {p.image_size}")
+        ingest(args.dataset or Path(data.dataset), args.out, p, args.layout or data.layout)
+    except (DatasetError, config.ParamsError) as exc:
+        print(f"ingest: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
