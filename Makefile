@@ -1,0 +1,28 @@
+# Two entry points for a newcomer: `make run` (install + the pipeline on the default data)
+# and `make test` (install + lint + tests). Everything else is a building block.
+SHELL := /bin/bash
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
+export MLFLOW_DISABLE_TELEMETRY := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
+export GX_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+export MPLBACKEND := Agg
+
+.PHONY: install run repro test lint unit
+
+install:  ## create/update .venv from requirements.lock (uv, local wheels when present)
+	bash scripts/setup_env.sh
+
+run: install  ## the main job: pull the data and run the whole DAG on JAFFE
+	dvc pull
+	dvc repro
+
+lint: install
+	bash scripts/lint.sh
+
+unit: install  ## fast tests only (no real data, no model)
+	python -m pytest -q -m "not slow"
+
+test: install lint  ## lint + the whole test suite (unit + integration on ../shared)
+	python -m pytest -q
