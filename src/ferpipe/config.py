@@ -152,9 +152,23 @@ def read_params_file(path: Path | str = PARAMS_FILE) -> dict[str, Any]:
     return raw
 
 
-def load_section(name: str, path: Path | str = PARAMS_FILE):
-    """Load one section of params.yaml as its typed dataclass."""
-    raw = read_params_file(path)
+def read_params_files(paths) -> dict[str, Any]:
+    """Merge params files in order; a later file (a profile) overrides keys of a section."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    merged: dict[str, Any] = {}
+    for path in paths:
+        for section, values in read_params_file(path).items():
+            if isinstance(values, dict) and isinstance(merged.get(section), dict):
+                merged[section] = {**merged[section], **values}
+            else:
+                merged[section] = values
+    return merged
+
+
+def load_section(name: str, path=PARAMS_FILE):
+    """Load one section of the params file(s) as its typed dataclass."""
+    raw = read_params_files(path)
     return parse_section(name, raw.get(name), SECTIONS[name])
 
 

@@ -1,0 +1,191 @@
+"""aggregate stage: fold results -> the paper's Tables 1 and 2, plots and metrics.json.
+
+For every method folder (resnet50_frozen, hwt, ...) and protocol found under the
+results folders: H(r) = sum of the run's test-fold matrices, OA and per-class
+sensitivity per run, mean ± sample std over runs, and the grand matrix.
+
+    python -m ferpipe.aggregate --results artifacts/train artifacts/baselines \\
+        --out artifacts/aggregate --metrics metrics/metrics.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import config, tracking
+from .config import CLASSES
+from .foldio import load_results
+from .io import write_json, write_text, write_with
+from .metrics import pm, run_matrix, summarize
+
+
+def collect(results_dirs: list[Path]) -> dict[tuple[str, str], dict[int, list]]:
+    """{(method, protocol): {run: [FoldResult, ...]}} from every results folder."""
+    found: dict[tuple[str, str], dict[int, list]] = {}
+    for root in results_dirs:
+        if not root.exists():
+            continue
+        for method_dir in sorted(d for d in root.iterdir() if d.is_dir()):
+            for proto_dir in sorted(d for d in method_dir.iterdir() if d.is_dir()):
+                folds = load_results(method_dir, proto_dir.name)
+                if not folds:
+                    continue
+                by_run: dict[int, list] = {}
+                for f in folds:
+                    by_run.setdefault(f.run, []).append(f)
+                found[(method_dir.name, proto_dir.name)] = by_run
+    return found
+
+
+def check_complete(method: str, protocol: str, by_run: dict[int, list]) -> None:
+    counts = {r: len(fs) for r, fs in by_run.items()}
+    if len(set(counts.values())) > 1:
+        raise ValueError(f"{method}/{protocol}: runs have different fold counts {counts} "
+                         "(an interrupted stage? rerun it)")  # fmt: skip
+
+
+def table1(s: dict) -> pd.DataFrame:
+    """Paper Table 1: per-run sensitivity (%) per class, plus the Total (mean ± std) row."""
+    rows = [[f"r{r}"] + [f"{v:.2f}" for v in sens] for r, sens in zip(s["runs"], s["sensitivity_per_run"], strict=True)]
+    rows.append(["Total"] + [pm(s["sensitivity_mean"][c], s["sensitivity_std"][c]) for c in CLASSES])
+    return pd.DataFrame(rows, columns=["run", *CLASSES])
+
+
+def table2(s: dict) -> pd.DataFrame:
+    """Paper Table 2: OA (%) per run, plus the Total (mean ± std) row."""
+    rows = [[f"r{r}", f"{oa:.2f}"] for r, oa in zip(s["runs"], s["oa_per_run"], strict=True)]
+    rows.append(["Total", pm(s["oa_mean"], s["oa_std"])])
+    return pd.DataFrame(rows, columns=["run", "OA"])
+
+
+def markdown(df: pd.DataFrame) -> str:
+    head = "| " + " | ".join(df.columns) + " |\n|" + "---|" * len(df.columns) + "\n"
+    return head + "".join("| " + " | ".join(map(str, r)) + " |\n" for r in df.itertuples(index=False))
+
+
+def plots(s: dict, out: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grand = np.array(s["grand_matrix"], dtype=float)
+    for name, mat, fmt in (("confusion_counts", grand, "{:.0f}"),
+                           ("confusion_normalized", grand / np.maximum(grand.sum(1, keepdims=True), 1), "{:.2f}")):  # fmt: skip
+        fig, ax = plt.subplots(figsize=(6, 5))
+        im = ax.imshow(mat, cmap="Blues")
+        ax.set_xticks(range(len(CLASSES)), CLASSES, rotation=45, ha="right")
+        ax.set_yticks(range(len(CLASSES)), CLASSES)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        for i in range(len(CLASSES)):
+            for j in range(len(CLASSES)):
+                ax.text(j, i, fmt.format(mat[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if mat[i, j] > mat.max() / 2 else "black")  # fmt: skip
+        fig.colorbar(im, ax=ax)
+        ax.set_title(f"{title}: grand confusion matrix ({'counts' if 'counts' in name else 'row-normalised'})")
+        fig.tight_layout()
+        write_with(out / f"{name}.png", lambda p, f=fig: f.savefig(p, format="png", dpi=110))
+        plt.close(fig)
+    sens = np.array(s["sensitivity_per_run"])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, c in enumerate(CLASSES):  # paper Fig. 10
+        ax.plot(s["runs"], sens[:, i], marker="o", label=c)
+    ax.set_xlabel("run")
+    ax.set_ylabel("sensitivity (%)")
+    ax.set_title(f"{title}: per-class sensitivity across runs")
+    ax.legend(fontsize=7, ncol=4)
+    fig.tight_layout()
+    write_with(out / "sensitivity_per_run.png", lambda p: fig.savefig(p, format="png", dpi=110))
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 3.5))  # paper Fig. 11
+    ax.bar(s["runs"], s["oa_per_run"], color="tab:blue")
+    ax.axhline(s["oa_mean"], color="k", ls="--", label=f"mean {pm(s['oa_mean'], s['oa_std'])}")
+    ax.set_xlabel("run")
+    ax.set_ylabel("OA (%)")
+    ax.set_ylim(max(0, min(s["oa_per_run"]) - 10), 100)
+    ax.set_title(f"{title}: overall accuracy per run")
+    ax.legend()
+    fig.tight_layout()
+    write_with(out / "oa_per_run.png", lambda p: fig.savefig(p, format="png", dpi=110))
+    plt.close(fig)
+
+
+def aggregate(results_dirs: list[Path], out: Path, metrics_path: Path, make_plots: bool = True) -> dict:
+    found = collect(results_dirs)
+    if not found:
+        raise FileNotFoundError(f"no fold results under {[str(d) for d in results_dirs]}")
+    metrics, index = {}, []
+    for (method, protocol), by_run in sorted(found.items()):
+        check_complete(method, protocol, by_run)
+        s = summarize({r: run_matrix(f.confusion_matrix for f in fs) for r, fs in by_run.items()})
+        d = out / method / protocol
+        t1, t2 = table1(s), table2(s)
+        write_text(d / "table1_sensitivity.csv", t1.to_csv(index=False, lineterminator="\n"))
+        write_text(d / "table2_oa.csv", t2.to_csv(index=False, lineterminator="\n"))
+        n_test = int(np.sum(s["grand_matrix"]))
+        title = f"{method} ({protocol})"
+        write_text(d / "tables.md", f"### {title}\n\nTable 1: sensitivity (%) per run\n\n{markdown(t1)}\n"
+                                    f"Table 2: overall accuracy (%) per run\n\n{markdown(t2)}\n"
+                                    f"{len(s['runs'])} runs x {len(next(iter(by_run.values())))} folds, "
+                                    f"{n_test} test predictions in total.\n")  # fmt: skip
+        grand = pd.DataFrame(s["grand_matrix"], index=CLASSES, columns=CLASSES)
+        write_text(d / "grand_confusion_matrix.csv", grand.to_csv(index_label="true\\predicted", lineterminator="\n"))
+        write_text(d / "oa_per_run.csv", pd.DataFrame({"run": s["runs"], "oa": s["oa_per_run"]})
+                   .to_csv(index=False, lineterminator="\n"))  # fmt: skip
+        sens_long = pd.DataFrame([{"run": r, "class": c, "sensitivity": v}
+                                  for r, row in zip(s["runs"], s["sensitivity_per_run"], strict=True)
+                                  for c, v in zip(CLASSES, row, strict=True)])  # fmt: skip
+        write_text(d / "sensitivity_per_run.csv", sens_long.to_csv(index=False, lineterminator="\n"))
+        write_json(d / "summary.json", s)
+        if make_plots:
+            plots(s, d, title)
+        metrics.setdefault(method, {})[protocol] = {
+            "oa_mean": round(s["oa_mean"], 4), "oa_std": round(s["oa_std"], 4),
+            "n_runs": len(s["runs"]),
+            "sensitivity_mean": {c: round(v, 4) for c, v in s["sensitivity_mean"].items()},
+        }  # fmt: skip
+        index.append((method, protocol, s))
+    md = ["# Results (paper Tables 1 and 2 format)", ""]
+    md += ["| method | protocol | OA mean ± std (%) | runs |", "|---|---|---|---|"]
+    md += [f"| {m} | {p} | {pm(s['oa_mean'], s['oa_std'])} | {len(s['runs'])} |" for m, p, s in index]
+    md.append("")
+    for m, p, _ in index:
+        md.append((out / m / p / "tables.md").read_text())
+    write_text(out / "results.md", "\n".join(md))
+    write_json(metrics_path, metrics)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--results", type=Path, nargs="+", default=[config.TRAIN_DIR, config.BASELINES_DIR],
+                    help="folders holding <method>/<protocol>/runXX_foldYY.json fold results")
+    ap.add_argument("--out", type=Path, default=config.AGGREGATE_DIR, help="output folder for tables and plots")
+    ap.add_argument("--metrics", type=Path, default=config.METRICS_DIR / "metrics.json",
+                    help="small metrics JSON committed to git for `dvc metrics diff` and the CI gate")
+    ap.add_argument("--no-plots", action="store_true", help="skip the PNG plots (faster)")
+    ap.add_argument("--mlflow-record", type=Path, default=config.TRAIN_DIR / "mlflow.json",
+                    help="where the train stage recorded its MLflow parent run (final metrics go there)")
+    args = ap.parse_args(argv)
+    try:
+        metrics = aggregate(args.results, args.out, args.metrics, make_plots=not args.no_plots)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"aggregate: error: {exc}", file=sys.stderr)
+        return 2
+    parent = tracking.parent_run_id(args.mlflow_record)
+    if parent:
+        flat = {f"{m}.{p}.{k}": v for m, ps in metrics.items() for p, d in ps.items()
+                for k, v in d.items() if isinstance(v, float)}  # fmt: skip
+        tracking.log_parent_results(parent, flat, [args.out / "results.md", args.metrics])
+    print((args.out / "results.md").read_text().split("\n\n###")[0])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,439 @@
+"""baselines stage: the three wavelet baselines of Li & Lima (2021), on the same folds.
+
+For every method in ``baselines.methods`` and every (protocol, run, fold) of the split
+plan: features of all images once per method (cached in memory), then per fold the
+scaler (and PCA) fit on the train groups, the hyper-parameter (hidden size / C) chosen
+on the validation group, and the chosen model tested on the test group. Results go to
+``<out>/<method>/<protocol>/runXX_foldYY.json`` (ferpipe.foldio format); folds already
+finished with the same config and the same fold images are skipped (resume).
+
+    python -m ferpipe.baselines.stage --manifest artifacts/ingest/manifest.csv \\
+        --plan artifacts/split/split_plan.csv --out artifacts/baselines --params params.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from .. import config
+from ..config import CLASS_TO_ID, CLASSES, ParamsError, load_section, register_section
+from ..foldio import FoldResult, config_hash, finished_fold, fold_path, save_fold
+from ..io import sha256_file, write_json
+from . import DESCRIPTION, METHODS, features, slfn
+from .optimizers import OPTIMIZERS
+
+log = logging.getLogger("ferpipe.baselines")
+
+
+@register_section("baselines")
+@dataclasses.dataclass
+class BaselinesParams:
+    """The ``baselines`` section of params.yaml (every field optional).
+
+    Common
+      methods: which of hwt, cso, bbo to run.
+      image_size: side the gray faces are resized to; a multiple of 2**levels of every
+        selected method (64 -> 8x8 level-3 approximation).
+      seed: base seed; each (method, protocol, run, fold, hidden size) gets its own stream.
+      max_runs / max_folds: 0 = all runs / folds of the plan (smaller values for CI).
+      threads: BLAS/OpenMP threads (results repeat bit-exactly for the same count).
+    SLFN (cso and bbo)
+      hidden_grid: hidden-layer sizes tried; the one with the best validation accuracy
+        (ties: lower validation cross-entropy, then the smaller size) is tested.
+      activation: tanh | sigmoid.  fitness: ce (softmax cross-entropy) | mse (softmax vs
+        one-hot); the training error rate times error_weight is added.
+      weight_bound: search box of each layer ±weight_bound/sqrt(fan_in).
+    hwt (Evans 2017): Haar transform to hwt_levels; level approximation + the coarsest
+      hwt_detail_levels detail levels; standardised; hwt_classifier (logreg = multinomial
+      logistic regression, linsvm = linear SVM, both L2) with C from hwt_c_grid.
+    cso (Wang et al. 2017): DWT (cso_wavelet, cso_levels, cso_coeffs approx|all) -> PCA
+      (cso_pca_components, fit on train) -> standardise -> SLFN trained by cat swarm
+      optimisation: cso_pop cats, cso_iters iterations, mixture ratio cso_mr, seeking
+      memory pool cso_smp, seeking range cso_srd, dimension change ratio cso_cdc,
+      self-position considering cso_spc, tracing c1 cso_c1, inertia cso_w, velocity limit
+      cso_vmax (fraction of the box width).
+    bbo (Li et al. 2020): stationary wavelet entropy (swe_wavelet, swe_levels, entropy
+      swe_entropy histogram|energy with swe_bins bins, per block of a swe_grid x swe_grid
+      grid; 1 = whole subbands as in the paper) -> standardise -> SLFN trained by
+      bbo_optimizer (bbo = biogeography-based optimisation; jaya = the parent method's
+      optimiser) with bbo_pop habitats for bbo_iters generations, bbo_elites elites,
+      per-SIV mutation probability bbo_mutation_prob and Gaussian std bbo_mutation_scale
+      (fraction of the box width).
+    """
+
+    methods: list[str] = dataclasses.field(default_factory=lambda: list(METHODS))
+    image_size: int = 64
+    seed: int = 2021
+    max_runs: int = 0
+    max_folds: int = 0
+    threads: int = 1
+    # SLFN shared by cso and bbo
+    hidden_grid: list[int] = dataclasses.field(default_factory=lambda: [10, 20])
+    activation: str = "tanh"
+    fitness: str = "ce"
+    error_weight: float = 0.1
+    weight_bound: float = 3.0
+    # hwt
+    hwt_levels: int = 3
+    hwt_detail_levels: int = 1
+    hwt_classifier: str = "logreg"
+    hwt_c_grid: list[float] = dataclasses.field(default_factory=lambda: [0.01, 0.1, 1.0])
+    # cso
+    cso_wavelet: str = "db4"
+    cso_levels: int = 3
+    cso_coeffs: str = "approx"
+    cso_pca_components: int = 20
+    cso_pop: int = 20
+    cso_iters: int = 60
+    cso_mr: float = 0.2
+    cso_smp: int = 5
+    cso_srd: float = 0.2
+    cso_cdc: float = 0.8
+    cso_spc: bool = True
+    cso_c1: float = 2.0
+    cso_w: float = 0.7
+    cso_vmax: float = 0.2
+    # bbo
+    swe_wavelet: str = "db4"
+    swe_levels: int = 4
+    swe_entropy: str = "histogram"
+    swe_bins: int = 32
+    swe_grid: int = 1
+    bbo_optimizer: str = "bbo"
+    bbo_pop: int = 30
+    bbo_iters: int = 200
+    bbo_elites: int = 2
+    bbo_mutation_prob: float = 0.02
+    bbo_mutation_scale: float = 0.05
+
+    def check(self) -> None:
+        def bad(key, why):
+            raise ParamsError(f"params.yaml: baselines.{key}: {why}, got {getattr(self, key)!r}")
+
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            bad("methods", f"expected a non-empty list of {list(METHODS)}")
+        choices = {"activation": slfn.ACTIVATIONS, "fitness": slfn.FITNESSES,
+                   "hwt_classifier": ("logreg", "linsvm"), "cso_coeffs": ("approx", "all"),
+                   "swe_entropy": ("histogram", "energy"), "bbo_optimizer": ("bbo", "jaya")}  # fmt: skip
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                bad(key, f"expected one of {list(allowed)}")
+        for key in ("image_size", "threads", "hwt_levels", "cso_levels", "swe_levels", "cso_pca_components",
+                    "cso_pop", "cso_smp", "bbo_pop", "swe_bins", "swe_grid"):  # fmt: skip
+            if getattr(self, key) < 1:
+                bad(key, "expected a positive integer")
+        for key in ("max_runs", "max_folds", "cso_iters", "bbo_iters", "bbo_elites", "hwt_detail_levels"):
+            if getattr(self, key) < 0:
+                bad(key, "expected an integer >= 0")
+        if not self.hidden_grid or any(h < 1 for h in self.hidden_grid):
+            bad("hidden_grid", "expected a non-empty list of positive integers")
+        if not self.hwt_c_grid or any(c <= 0 for c in self.hwt_c_grid):
+            bad("hwt_c_grid", "expected a non-empty list of positive numbers")
+        if self.bbo_pop < 2 or self.bbo_elites >= self.bbo_pop:
+            bad("bbo_elites", "needs bbo_pop >= 2 and bbo_elites < bbo_pop")
+        if self.hwt_detail_levels > self.hwt_levels:
+            bad("hwt_detail_levels", f"must be <= hwt_levels ({self.hwt_levels})")
+        for key in ("cso_mr", "cso_cdc", "bbo_mutation_prob"):
+            if not 0 <= getattr(self, key) <= 1:
+                bad(key, "expected a probability in [0, 1]")
+        for key in ("weight_bound", "cso_vmax", "cso_srd"):
+            if getattr(self, key) <= 0:
+                bad(key, "expected a positive number")
+        if self.error_weight < 0 or self.bbo_mutation_scale < 0:
+            bad("error_weight" if self.error_weight < 0 else "bbo_mutation_scale", "expected >= 0")
+        import pywt
+
+        for key in ("cso_wavelet", "swe_wavelet"):
+            if getattr(self, key) not in pywt.wavelist(kind="discrete"):
+                bad(key, "expected a PyWavelets discrete wavelet name (e.g. haar, db4, sym4)")
+        levels = {"hwt": ("hwt_levels", self.hwt_levels), "cso": ("cso_levels", self.cso_levels),
+                  "bbo": ("swe_levels", self.swe_levels)}  # fmt: skip
+        for m in self.methods:
+            key, lev = levels[m]
+            step = 2**lev
+            if self.image_size % step:
+                raise ParamsError(
+                    f"params.yaml: baselines.image_size={self.image_size} must be divisible by "
+                    f"2**{key}={step} for method {m} (a {lev}-level wavelet decomposition halves "
+                    f"the side {lev} times); use e.g. {step * max(1, round(self.image_size / step))}"
+                )
+        if "bbo" in self.methods and self.image_size % self.swe_grid:
+            bad("swe_grid", f"must divide image_size ({self.image_size})")
+
+    # ---- the settings each method depends on (its config hash ignores the others)
+    def method_config(self, method: str) -> dict:
+        d = dataclasses.asdict(self)
+        common = {k: d[k] for k in ("image_size", "seed", "threads")}
+        net = {k: d[k] for k in ("hidden_grid", "activation", "fitness", "error_weight", "weight_bound")}
+        own = {k: v for k, v in d.items() if k.startswith(f"{method}_")}
+        if method == "bbo":
+            own.update({k: v for k, v in d.items() if k.startswith("swe_")})
+        return {"method": method, **common, **({} if method == "hwt" else net), **own}
+
+
+# ---------------------------------------------------------------- helpers
+def fold_seed(base: int, method: str, protocol: str, run: int, fold: int, extra: int = 0) -> np.random.SeedSequence:
+    """Independent reproducible stream per (base seed, method, protocol, run, fold, extra)."""
+    key = [base, zlib.crc32(method.encode()), zlib.crc32(protocol.encode()), run, fold, extra]
+    return np.random.SeedSequence(key)
+
+
+def fold_indices(plan: pd.DataFrame, index_of: dict[str, int]):
+    """Yield (protocol, run, fold, {role: manifest row indices}) in plan order."""
+    for (protocol, run, fold), df in plan.groupby(["protocol", "run", "fold"], sort=False):
+        roles = {r: np.array([index_of[i] for i in g["image"]], dtype=np.int64) for r, g in df.groupby("role")}
+        missing = {"train", "val", "test"} - set(roles)
+        if missing:
+            raise ValueError(f"split plan {protocol} run {run} fold {fold} has no {sorted(missing)} images")
+        yield str(protocol), int(run), int(fold), roles
+
+
+def roles_digest(roles: dict[str, np.ndarray], paths: np.ndarray) -> str:
+    blob = json.dumps({r: sorted(paths[idx].tolist()) for r, idx in sorted(roles.items())})
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def compute_features(method: str, images: np.ndarray, p: BaselinesParams) -> np.ndarray:
+    if method == "hwt":
+        return features.haar_features(images, p.hwt_levels, p.hwt_detail_levels)
+    if method == "cso":
+        return features.dwt_coefficients(images, p.cso_wavelet, p.cso_levels, p.cso_coeffs)
+    if method == "bbo":
+        return features.swe_features(images, p.swe_wavelet, p.swe_levels, p.swe_entropy, p.swe_bins, p.swe_grid)
+    raise ValueError(f"unknown method {method!r}")
+
+
+def _val_score(prob: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    acc = float((prob.argmax(1) == y).mean())
+    loss = float(-np.log(np.clip(prob[np.arange(len(y)), y], 1e-12, None)).mean())
+    return acc, loss
+
+
+# ---------------------------------------------------------------- per-fold models
+def fit_hwt(feats, y, roles, p: BaselinesParams, seed: np.random.SeedSequence):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.svm import LinearSVC
+
+    tr, va, te = roles["train"], roles["val"], roles["test"]
+    stats = features.fit_standardizer(feats[tr])
+    xtr, xva, xte = (features.standardize(feats[i], stats) for i in (tr, va, te))
+    rs = int(seed.generate_state(1)[0] % (2**31))
+    best, curve = None, []
+    for c in p.hwt_c_grid:
+        if p.hwt_classifier == "logreg":
+            model = LogisticRegression(C=c, max_iter=2000, random_state=rs).fit(xtr, y[tr])
+            pv = model.predict_proba(xva)
+        else:
+            model = LinearSVC(C=c, max_iter=5000, random_state=rs).fit(xtr, y[tr])
+            pv = slfn.softmax(model.decision_function(xva))
+        full = np.zeros((len(va), len(CLASSES)))
+        full[:, model.classes_] = pv
+        acc, loss = _val_score(full, y[va])
+        curve.append({"C": c, "val_accuracy": acc, "val_loss": round(loss, 5)})
+        if best is None or (acc, -loss) > (best[0], -best[1]):
+            best = (acc, loss, c, model)
+    acc, loss, c, model = best
+    raw = model.predict_proba(xte) if p.hwt_classifier == "logreg" else slfn.softmax(model.decision_function(xte))
+    prob = np.zeros((len(te), len(CLASSES)))
+    prob[:, model.classes_] = raw
+    info = {"selected": {"C": c, "val_accuracy": acc, "val_loss": round(loss, 5), "n_features": feats.shape[1]},
+            "curves": {"grid": curve}}  # fmt: skip
+    return prob, info
+
+
+def fit_slfn(method: str, feats, y, roles, p: BaselinesParams, seeds: dict[int, np.random.SeedSequence]):
+    tr, va, te = roles["train"], roles["val"], roles["test"]
+    xtr, xva, xte = feats[tr], feats[va], feats[te]
+    info_sel: dict = {}
+    if method == "cso":
+        pca = features.fit_pca(xtr.astype(np.float64), p.cso_pca_components)
+        xtr, xva, xte = (features.apply_pca(x, pca) for x in (xtr, xva, xte))
+        info_sel["pca_components"] = int(pca[1].shape[0])
+    stats = features.fit_standardizer(xtr)
+    xtr, xva, xte = (features.standardize(x, stats) for x in (xtr, xva, xte))
+    if method == "cso":
+        opt_name = "cso"
+        kw = dict(pop_size=p.cso_pop, iters=p.cso_iters, mr=p.cso_mr, smp=p.cso_smp, srd=p.cso_srd,
+                  cdc=p.cso_cdc, spc=p.cso_spc, c1=p.cso_c1, w=p.cso_w, vmax=p.cso_vmax)  # fmt: skip
+    else:
+        opt_name = p.bbo_optimizer
+        kw = dict(pop_size=p.bbo_pop, iters=p.bbo_iters)
+        if opt_name == "bbo":
+            kw.update(elites=p.bbo_elites, mutation_prob=p.bbo_mutation_prob, mutation_scale=p.bbo_mutation_scale)
+    best, curve, histories = None, [], {}
+    for h in p.hidden_grid:
+        obj = slfn.SLFNObjective(xtr, y[tr], h, len(CLASSES), p.activation, p.fitness, p.error_weight)
+        lo, hi = obj.bounds(p.weight_bound)
+        res = OPTIMIZERS[opt_name](obj, lo, hi, seed=np.random.default_rng(seeds[h]), **kw)
+        train_acc = float((obj.predict_proba(res.x, xtr).argmax(1) == y[tr]).mean())
+        acc, loss = _val_score(obj.predict_proba(res.x, xva), y[va])
+        curve.append({"hidden": h, "val_accuracy": acc, "val_loss": round(loss, 5), "train_accuracy": train_acc,
+                      "fitness": round(res.f, 5), "n_evals": res.n_evals})  # fmt: skip
+        hist = res.history
+        step = max(1, len(hist) // 50)  # keep the JSON small: about 50 points per curve
+        histories[str(h)] = [round(float(v), 5) for v in hist[::step]]
+        if best is None or (acc, -loss) > (best[0], -best[1]):
+            best = (acc, loss, h, res, obj, train_acc)
+    acc, loss, h, res, obj, train_acc = best
+    prob = obj.predict_proba(res.x, xte)
+    info = {"selected": {"hidden": h, "val_accuracy": acc, "val_loss": round(loss, 5), "train_accuracy": train_acc,
+                         "fitness": round(res.f, 5), "optimizer": opt_name, "n_features": int(xtr.shape[1]),
+                         **info_sel},
+            "curves": {"grid": curve, "best_fitness_by_hidden": histories}}  # fmt: skip
+    return prob, info
+
+
+# ---------------------------------------------------------------- the stage
+def select_folds(plan: pd.DataFrame, p: BaselinesParams) -> pd.DataFrame:
+    if p.max_runs:
+        plan = plan[plan["run"] <= p.max_runs]
+    if p.max_folds:
+        plan = plan[plan["fold"] <= p.max_folds]
+    return plan
+
+
+def _run_stats(results: list[FoldResult]) -> dict:
+    by_run: dict[int, list[FoldResult]] = {}
+    for r in results:
+        by_run.setdefault(r.run, []).append(r)
+    # OA of a run = accuracy on all its test images (sum of the fold matrices), as aggregate does
+    oa = [100 * np.mean(np.concatenate([np.asarray(f.y_true) == np.asarray(f.y_pred) for f in fs]))
+          for _, fs in sorted(by_run.items())]  # fmt: skip
+    return {"oa_run_mean": round(float(np.mean(oa)), 3),
+            "oa_run_std": round(float(np.std(oa, ddof=1)), 3) if len(oa) > 1 else 0.0,
+            "oa_per_run": [round(float(v), 3) for v in oa]}  # fmt: skip
+
+
+def run_baselines(manifest_path: Path, plan_path: Path, out: Path, p: BaselinesParams) -> dict:
+    from threadpoolctl import threadpool_limits
+
+    t_start = time.perf_counter()
+    manifest = features.read_manifest(manifest_path)
+    unknown = sorted(set(manifest["label"]) - set(CLASS_TO_ID))
+    if unknown:
+        raise ValueError(f"{manifest_path}: unknown label(s) {unknown}; expected {list(CLASSES)}")
+    plan = select_folds(features.read_plan(plan_path), p)
+    if plan.empty:
+        raise ValueError(f"{plan_path}: no folds selected (max_runs={p.max_runs}, max_folds={p.max_folds})")
+    paths = manifest["path"].to_numpy()
+    index_of = {s: i for i, s in enumerate(paths)}
+    missing = sorted(set(plan["image"]) - set(index_of))
+    if missing:
+        raise ValueError(f"split plan names {len(missing)} image(s) not in the manifest, e.g. {missing[:3]}: "
+                         "rerun the split stage")  # fmt: skip
+    y = manifest["label"].map(CLASS_TO_ID).to_numpy(dtype=np.int64)
+    folds = list(fold_indices(plan, index_of))
+    manifest_sha = sha256_file(manifest_path)
+    versions = {"numpy": np.__version__, "pywt": __import__("pywt").__version__}
+
+    t0 = time.perf_counter()
+    images = None  # decoded lazily: a fully resumed run never touches the images
+    cache = features.FeatureCache()
+    summary: dict = {"methods": {}, "n_folds_per_method": len(folds), "threads": p.threads}
+    load_s = 0.0
+    with threadpool_limits(limits=p.threads):
+        for method in p.methods:
+            mcfg = {**p.method_config(method), "manifest_sha256": manifest_sha, **versions}
+            mhash = config_hash(mcfg)
+            results_dir = out / method
+            done: list[FoldResult] = []
+            fold_s: dict[str, float] = {}
+            computed = 0
+            bar = tqdm(folds, desc=f"baselines {method}", unit="fold", disable=None, mininterval=10)
+            for protocol, run, fold, roles in bar:
+                chash = config_hash({"method_config": mhash, "fold_images": roles_digest(roles, paths)})
+                prev = finished_fold(results_dir, protocol, run, fold, chash)
+                if prev is not None:
+                    done.append(prev)
+                    fold_s[protocol] = fold_s.get(protocol, 0.0) + float(prev.extra.get("timings", {}).get("fold", 0))
+                    continue
+                if images is None:
+                    t0 = time.perf_counter()
+                    images = features.load_gray(list(paths), manifest_path.parent, p.image_size)
+                    load_s = time.perf_counter() - t0
+                feats = cache.get(method, lambda m=method: compute_features(m, images, p))
+                t0 = time.perf_counter()
+                if method == "hwt":
+                    prob, info = fit_hwt(feats, y, roles, p, fold_seed(p.seed, method, protocol, run, fold))
+                else:
+                    seeds = {h: fold_seed(p.seed, method, protocol, run, fold, h) for h in p.hidden_grid}
+                    prob, info = fit_slfn(method, feats, y, roles, p, seeds)
+                dt = time.perf_counter() - t0
+                info["timings"] = {"fold": round(dt, 4)}
+                te = roles["test"]
+                res = FoldResult(method, protocol, run, fold, chash, images=paths[te].tolist(),
+                                 y_true=y[te].tolist(), y_pred=prob.argmax(1).tolist(),
+                                 probabilities=np.round(prob, 6).tolist(), extra=info)  # fmt: skip
+                save_fold(results_dir, res)
+                done.append(res)
+                fold_s[protocol] = fold_s.get(protocol, 0.0) + dt
+                computed += 1
+            bar.close()
+            # fold files of an older plan or selection would be read by aggregate: remove them
+            keep = {fold_path(results_dir, r.protocol, r.run, r.fold) for r in done}
+            for stale in results_dir.glob("*/run*_fold*.json"):
+                if stale not in keep:
+                    stale.unlink()
+            protos = {}
+            for proto in dict.fromkeys(r.protocol for r in done):
+                rs = [r for r in done if r.protocol == proto]
+                protos[proto] = {
+                    "n_folds": len(rs),
+                    "oa_fold_mean": round(100 * float(np.mean([r.accuracy for r in rs])), 3),
+                    **_run_stats(rs),
+                    "wall_s": round(fold_s.get(proto, 0.0), 2),
+                }
+            summary["methods"][method] = {
+                "description": DESCRIPTION[method], "config_hash": mhash, "config": mcfg,
+                "n_computed": computed, "n_resumed": len(done) - computed,
+                "features_s": round(cache.seconds.get(method, 0.0), 3), "protocols": protos,
+            }  # fmt: skip
+    summary["load_images_s"] = round(load_s, 3)
+    summary["total_s"] = round(time.perf_counter() - t_start, 2)
+    write_json(out / "baselines_summary.json", summary)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m ferpipe.baselines.stage", description=__doc__,
+                                 formatter_class=argparse.RawTextHelpFormatter)  # fmt: skip
+    ap.add_argument("--manifest", type=Path, default=config.MANIFEST,
+                    help=f"manifest.csv from the ingest stage (default {config.MANIFEST})")  # fmt: skip
+    ap.add_argument("--plan", type=Path, default=config.SPLIT_PLAN,
+                    help=f"split_plan.csv from the split stage (default {config.SPLIT_PLAN})")  # fmt: skip
+    ap.add_argument("--out", type=Path, default=config.BASELINES_DIR,
+                    help=f"output folder: <out>/<method>/<protocol>/runXX_foldYY.json and "
+                         f"baselines_summary.json (default {config.BASELINES_DIR})")  # fmt: skip
+    ap.add_argument("--params", type=Path, nargs="+", default=[config.PARAMS_FILE],
+                    help="params file(s) with an optional 'baselines' section (missing -> defaults); "
+                         "later files override keys of earlier ones")  # fmt: skip
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        p = load_section("baselines", args.params)
+        summary = run_baselines(args.manifest, args.plan, args.out, p)
+    except (ParamsError, FileNotFoundError, ValueError) as exc:
+        print(f"baselines: error: {exc}", file=sys.stderr)
+        return 2
+    brief = {m: {"computed": s["n_computed"], "resumed": s["n_resumed"],
+                 "oa": {pr: f"{v['oa_run_mean']:.2f} ± {v['oa_run_std']:.2f}" for pr, v in s["protocols"].items()}}
+             for m, s in summary["methods"].items()}  # fmt: skip
+    print(json.dumps({"baselines": brief, "total_s": summary["total_s"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

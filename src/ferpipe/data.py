@@ -1,0 +1,59 @@
+"""Loading the ingested images and the split plan (shared by train, baselines, final model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from .config import CLASS_TO_ID
+
+
+def read_manifest(path: Path | str) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: manifest not found (run the ingest stage first)")
+    return pd.read_csv(path, dtype={"subject": str, "sha256": str}, keep_default_na=False)
+
+
+def read_plan(path: Path | str) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: split plan not found (run the split stage first)")
+    return pd.read_csv(path, dtype={"image": str, "protocol": str, "role": str})
+
+
+def labels_of(manifest: pd.DataFrame) -> np.ndarray:
+    return manifest["label"].map(CLASS_TO_ID).to_numpy(dtype=np.int64)
+
+
+def load_images_uint8(manifest: pd.DataFrame, root: Path, size: int) -> torch.Tensor:
+    """All images decoded once into one (N, 3, size, size) uint8 tensor."""
+    out = torch.empty((len(manifest), 3, size, size), dtype=torch.uint8)
+    for i, rel in enumerate(manifest["path"]):
+        with Image.open(root / rel) as im:
+            im = im.convert("RGB")
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.BICUBIC)
+            out[i] = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
+    return out
+
+
+def fold_indices(plan: pd.DataFrame, index_of: dict[str, int]):
+    """Yield (protocol, run, fold, {role: np.ndarray of manifest row indices})."""
+    for (protocol, run, fold), df in plan.groupby(["protocol", "run", "fold"], sort=False):
+        roles = {r: np.array([index_of[i] for i in g["image"]], dtype=np.int64)
+                 for r, g in df.groupby("role")}  # fmt: skip
+        yield protocol, int(run), int(fold), roles
+
+
+def check_plan_matches(plan: pd.DataFrame, manifest: pd.DataFrame) -> dict[str, int]:
+    index_of = {p: i for i, p in enumerate(manifest["path"])}
+    unknown = sorted(set(plan["image"]) - set(index_of))
+    if unknown:
+        raise ValueError(f"split plan names {len(unknown)} image(s) not in the manifest, e.g. {unknown[:3]}: "
+                         "rerun the split stage")  # fmt: skip
+    return index_of

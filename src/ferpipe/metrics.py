@@ -1,0 +1,60 @@
+"""The paper's evaluation (eq. 7-11): summed confusion matrices, sensitivity, OA.
+
+Pure functions over numpy arrays so the paper's own tables can be fed in as a test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from .config import CLASSES
+
+
+def run_matrix(fold_matrices: Iterable[np.ndarray]) -> np.ndarray:
+    """H(r): the sum of one run's test-fold confusion matrices (rows true, cols predicted)."""
+    return np.sum(np.stack(list(fold_matrices)), axis=0)
+
+
+def sensitivity(h: np.ndarray) -> np.ndarray:
+    """E(t) = H_tt / sum_i H_ti, per class (NaN for a class with no test images)."""
+    rows = h.sum(axis=1).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(rows > 0, np.diag(h) / rows, np.nan)
+
+
+def overall_accuracy(h: np.ndarray) -> float:
+    """OA = trace(H) / sum(H)."""
+    return float(np.trace(h) / h.sum())
+
+
+def mean_std(values) -> tuple[float, float]:
+    """Mean and sample standard deviation (n-1), as the paper reports them."""
+    v = np.asarray(values, dtype=float)
+    return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+
+
+def summarize(run_matrices: dict[int, np.ndarray]) -> dict:
+    """Per-run OA and sensitivities plus their mean ± std and the grand matrix (percent)."""
+    runs = sorted(run_matrices)
+    oa = [100 * overall_accuracy(run_matrices[r]) for r in runs]
+    sens = np.array([100 * sensitivity(run_matrices[r]) for r in runs])
+    oa_mean, oa_std = mean_std(oa)
+    per_class = {c: mean_std(sens[:, i]) for i, c in enumerate(CLASSES)}
+    grand = np.sum([run_matrices[r] for r in runs], axis=0)
+    return {
+        "runs": runs,
+        "oa_per_run": oa,
+        "sensitivity_per_run": sens.tolist(),
+        "oa_mean": oa_mean,
+        "oa_std": oa_std,
+        "sensitivity_mean": {c: m for c, (m, _) in per_class.items()},
+        "sensitivity_std": {c: s for c, (_, s) in per_class.items()},
+        "grand_matrix": grand.astype(int).tolist(),
+        "grand_oa": 100 * overall_accuracy(grand),
+    }
+
+
+def pm(mean: float, std: float) -> str:
+    return f"{mean:.2f} ± {std:.2f}"

@@ -1,0 +1,423 @@
+"""train stage: ResNet-50 on every (protocol, run, fold) of the split plan.
+
+Modes
+- frozen (CPU default): the ImageNet backbone in eval mode; pooled features of every
+  image and of its horizontal flip computed once and cached; per fold a softmax
+  (multinomial logistic-regression) head is fit on the train groups (image + flip),
+  its regularisation C chosen on the validation group, then tested on the test group
+  (probabilities averaged over the image and its flip).
+- finetune (the paper's method, for a GPU): all layers trained with flip/shift/scale/
+  rotation augmentation, early stopping on the validation group, best checkpoint tested.
+
+Folds already finished with the same config are skipped, so a killed run resumes.
+
+    python -m ferpipe.train --manifest artifacts/ingest/manifest.csv \\
+        --plan artifacts/split/split_plan.csv --weights models/resnet50_imagenet.safetensors \\
+        --out artifacts/train
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from . import config, data, tracking
+from .config import CLASSES, ParamsError, load_section, register_section
+from .foldio import FoldResult, config_hash, finished_fold, fold_path, save_fold
+from .io import sha256_file, write_json
+from .model import build_resnet50, normalize, replace_head
+
+log = logging.getLogger("ferpipe.train")
+
+
+@register_section("train")
+@dataclasses.dataclass
+class TrainParams:
+    mode: str = "frozen"  # frozen | finetune
+    image_size: int = 224
+    stride_layout: str = "v1"  # must match the weights stage
+    threads: int = 2  # torch CPU threads: results are identical only for the same count
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 where supported) | bf16 | fp32
+    batch_size: int = 32
+    seed: int = 2021
+    max_runs: int = 0  # 0 = every run of the plan
+    max_folds: int = 0  # 0 = every fold
+    # frozen mode
+    head_c_grid: list[float] = dataclasses.field(default_factory=lambda: [0.01, 0.1, 1.0])
+    head_max_iter: int = 1000
+    flip_features: bool = True
+    # finetune mode
+    epochs: int = 30
+    patience: int = 6
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    augment_shift: float = 0.08  # fraction of the image side
+    augment_scale: float = 0.1
+    augment_rotate: float = 10.0  # degrees
+    log_mlflow: bool = True
+
+    def check(self):
+        choices = {"mode": ("frozen", "finetune"), "stride_layout": ("v1", "stock"),
+                   "device": ("auto", "cpu", "cuda"), "precision": ("auto", "bf16", "fp32")}  # fmt: skip
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ParamsError(f"params.yaml: train.{key}: expected one of {allowed}, got {getattr(self, key)!r}")
+        for key in ("image_size", "threads", "batch_size", "epochs"):
+            if getattr(self, key) < 1:
+                raise ParamsError(f"params.yaml: train.{key}: expected a positive integer, got {getattr(self, key)}")
+        if not self.head_c_grid or any(c <= 0 for c in self.head_c_grid):
+            raise ParamsError(f"params.yaml: train.head_c_grid: expected positive numbers, got {self.head_c_grid}")
+
+    @property
+    def method(self) -> str:
+        return f"resnet50_{self.mode}"
+
+
+# ---------------------------------------------------------------- runtime set-up
+def cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_runtime(p: TrainParams) -> tuple[torch.device, torch.dtype | None]:
+    torch.set_num_threads(p.threads)
+    if p.device == "cuda" and not torch.cuda.is_available():
+        raise ParamsError("params.yaml: train.device is 'cuda' but no CUDA device is available")
+    device = torch.device("cuda" if p.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    if p.precision == "fp32":
+        return device, None
+    bf16_ok = device.type == "cuda" or cpu_has_bf16()
+    if p.precision == "bf16" and not bf16_ok:
+        raise ParamsError("params.yaml: train.precision is bf16 but this CPU has no bf16 support")
+    return device, torch.bfloat16 if bf16_ok else None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def fold_seed(base: int, protocol: str, run: int, fold: int) -> int:
+    ss = np.random.SeedSequence([base, config.PROTOCOLS.index(protocol), run, fold])
+    return int(ss.generate_state(1)[0])
+
+
+def to_input(batch_u8: torch.Tensor, device: torch.device) -> torch.Tensor:
+    x = batch_u8.to(device, non_blocking=True).float().div_(255)
+    return normalize(x).contiguous(memory_format=torch.channels_last)
+
+
+# ---------------------------------------------------------------- frozen mode
+@torch.no_grad()
+def extract_features(backbone: nn.Module, images: torch.Tensor, p: TrainParams,
+                     device: torch.device, dtype) -> np.ndarray:  # fmt: skip
+    """Pooled 2048-d features of (image, flipped image): shape (2, N, 2048)."""
+    backbone = backbone.to(device).eval().to(memory_format=torch.channels_last)
+    backbone.fc = nn.Identity()
+    views = [False, True] if p.flip_features else [False]
+    out = np.zeros((len(views), len(images), 2048), dtype=np.float32)
+    total = len(views) * math.ceil(len(images) / p.batch_size)
+    with tqdm(total=total, desc="features", unit="batch", disable=None, mininterval=5) as bar:
+        for v, flip in enumerate(views):
+            for s in range(0, len(images), p.batch_size):
+                x = to_input(images[s : s + p.batch_size], device)
+                if flip:
+                    x = torch.flip(x, dims=[3])
+                with autocast(device, dtype):
+                    f = backbone(x)
+                out[v, s : s + len(x)] = f.float().cpu().numpy()
+                bar.update()
+    return out
+
+
+def cached_features(cache: Path, key: dict, compute) -> np.ndarray:
+    """Features are the slow part of frozen mode: keep them keyed by everything they depend on."""
+    digest = config_hash(key)
+    if cache.exists():
+        with np.load(cache, allow_pickle=False) as z:
+            if str(z["key"]) == digest:
+                log.info("features: cache hit %s", cache)
+                return z["features"]
+    feats = compute()
+    from .io import atomic_path
+
+    with atomic_path(cache, suffix=".tmp.npz") as tmp:
+        np.savez(tmp, features=feats, key=np.array(digest))
+    return feats
+
+
+def row_space_projection(x_train: np.ndarray):
+    """Map features onto the row space of the (standardised) training matrix.
+
+    With an L2 penalty the logistic-regression weights lie in that row space
+    (representer theorem), so fitting on these n <= 2n_train coordinates gives exactly
+    the model fit on all 2048 features, about 20x faster.
+    """
+    gram = x_train @ x_train.T
+    eigval, eigvec = np.linalg.eigh(gram)
+    keep = eigval > eigval.max() * 1e-10
+    basis = x_train.T @ (eigvec[:, keep] / np.sqrt(eigval[keep]))  # orthonormal columns (d, k)
+    return lambda x: x @ basis
+
+
+def fit_head(feats: np.ndarray, y: np.ndarray, roles: dict, p: TrainParams, seed: int):
+    """Logistic-regression head; C chosen on the validation group. -> (probs on test, info)."""
+    from sklearn.linear_model import LogisticRegression
+
+    tr, va, te = roles["train"], roles["val"], roles["test"]
+    n_views = feats.shape[0]
+    x_tr = np.concatenate([feats[v, tr] for v in range(n_views)]).astype(np.float64)
+    y_tr = np.concatenate([y[tr]] * n_views)
+    mu, sd = x_tr.mean(0), x_tr.std(0) + 1e-6  # standardised on the train groups only
+    project = row_space_projection((x_tr - mu) / sd)
+    z_tr = project((x_tr - mu) / sd)
+
+    def proba(model, idx):
+        return np.mean([model.predict_proba(project((feats[v, idx] - mu) / sd)) for v in range(n_views)], axis=0)
+
+    curve_acc, curve_loss, best = [], [], None
+    for c in p.head_c_grid:
+        model = LogisticRegression(C=c, max_iter=p.head_max_iter, random_state=seed % (2**31))
+        model.fit(z_tr, y_tr)
+        pv = proba(model, va)
+        acc = float((pv.argmax(1) == y[va]).mean())
+        loss = float(-np.log(np.clip(pv[np.arange(len(va)), y[va]], 1e-12, None)).mean())
+        curve_acc.append(acc)
+        curve_loss.append(loss)
+        if best is None or (acc, -loss) > (best[0], -best[1]):
+            best = (acc, loss, c, model)
+    acc, loss, c, model = best
+    info = {"selected": {"C": c, "val_accuracy": acc, "val_loss": loss},
+            "curves": {"val_accuracy_by_C": curve_acc, "val_loss_by_C": curve_loss}}  # fmt: skip
+    return proba(model, te), info
+
+
+# ---------------------------------------------------------------- finetune mode
+def augment(x: torch.Tensor, p: TrainParams, gen: torch.Generator) -> torch.Tensor:
+    """Random flip + per-sample shift/scale/rotation, one affine_grid for the batch."""
+    n = x.shape[0]
+    dev = x.device
+
+    def u(lo, hi):
+        return torch.rand(n, generator=gen).mul(hi - lo).add(lo).to(dev)
+
+    ang = u(-p.augment_rotate, p.augment_rotate) * math.pi / 180
+    scale = u(1 - p.augment_scale, 1 + p.augment_scale)
+    tx, ty = u(-p.augment_shift, p.augment_shift) * 2, u(-p.augment_shift, p.augment_shift) * 2
+    flip = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0).to(dev)
+    cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
+    theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(x, grid, padding_mode="border", align_corners=False)
+
+
+def train_one_epoch(model, opt, images, y, idx, p, device, dtype, gen) -> float:
+    model.train()
+    perm = idx[torch.randperm(len(idx), generator=gen).numpy()]
+    total, n = 0.0, 0
+    loss_fn = nn.CrossEntropyLoss()
+    for s in range(0, len(perm), p.batch_size):
+        b = perm[s : s + p.batch_size]
+        if len(b) < 2:  # BatchNorm needs more than one sample
+            continue
+        x = augment(to_input(images[b], device), p, gen).contiguous(memory_format=torch.channels_last)
+        t = torch.as_tensor(y[b], device=device)
+        with autocast(device, dtype):
+            loss = loss_fn(model(x), t)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += float(loss) * len(b)
+        n += len(b)
+    return total / max(n, 1)
+
+
+@torch.no_grad()
+def evaluate(model, images, y, idx, p, device, dtype) -> tuple[np.ndarray, float]:
+    """-> (softmax probabilities averaged over image + flip, mean cross-entropy)."""
+    model.eval()
+    probs = []
+    for s in range(0, len(idx), p.batch_size):
+        x = to_input(images[idx[s : s + p.batch_size]], device)
+        with autocast(device, dtype):
+            logits = model(x).float() + model(torch.flip(x, dims=[3])).float()
+        probs.append(torch.softmax(logits / 2, 1).cpu().numpy())
+    pr = np.concatenate(probs) if probs else np.zeros((0, len(CLASSES)))
+    loss = float(-np.log(np.clip(pr[np.arange(len(idx)), y[idx]], 1e-12, None)).mean()) if len(idx) else 0.0
+    return pr, loss
+
+
+def finetune_fold(pretrained: dict, images, y, roles, p: TrainParams, device, dtype, seed: int):
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = build_resnet50(1000, p.stride_layout)
+    model.load_state_dict(pretrained)  # re-load the pretrained state per fold, no rebuild of weights
+    replace_head(model, len(CLASSES))
+    model = model.to(device).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=p.epochs)
+    curves = {"train_loss": [], "val_loss": [], "val_accuracy": []}
+    best, best_state, since = (-1.0, math.inf), None, 0
+    for epoch in range(p.epochs):
+        curves["train_loss"].append(train_one_epoch(model, opt, images, y, roles["train"], p, device, dtype, gen))
+        sched.step()
+        pv, vloss = evaluate(model, images, y, roles["val"], p, device, dtype)
+        vacc = float((pv.argmax(1) == y[roles["val"]]).mean())
+        curves["val_loss"].append(vloss)
+        curves["val_accuracy"].append(vacc)
+        if (vacc, -vloss) > (best[0], -best[1]):
+            best, best_state, since = (vacc, vloss), copy.deepcopy(model.state_dict()), 0
+            best_epoch = epoch + 1
+        else:
+            since += 1
+            if since >= p.patience:
+                break
+    model.load_state_dict(best_state)
+    pt, _ = evaluate(model, images, y, roles["test"], p, device, dtype)
+    info = {"curves": curves, "selected": {"best_epoch": best_epoch, "val_accuracy": best[0],
+                                           "epochs_run": len(curves["val_loss"])}}  # fmt: skip
+    return pt, info
+
+
+# ---------------------------------------------------------------- the stage
+def select_folds(plan, p: TrainParams):
+    if p.max_runs:
+        plan = plan[plan["run"] <= p.max_runs]
+    if p.max_folds:
+        plan = plan[plan["fold"] <= p.max_folds]
+    return plan
+
+
+def run_training(manifest_path: Path, plan_path: Path, weights: Path, out: Path, p: TrainParams,
+                 params_for_log: dict | None = None) -> dict:  # fmt: skip
+    t_start = time.time()
+    device, dtype = resolve_runtime(p)
+    torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
+    manifest = data.read_manifest(manifest_path)
+    plan = select_folds(data.read_plan(plan_path), p)
+    index_of = data.check_plan_matches(plan, manifest)
+    y = data.labels_of(manifest)
+    if not weights.exists():
+        raise FileNotFoundError(f"{weights}: weights not found (run the weights stage)")
+    weights_sha = sha256_file(weights)
+    results_dir = out / p.method
+    cfg = {k: v for k, v in dataclasses.asdict(p).items() if k not in ("log_mlflow", "max_runs", "max_folds")}
+    cfg.update(weights_sha256=weights_sha, manifest_sha256=sha256_file(manifest_path),
+               torch=torch.__version__, device=device.type, dtype=str(dtype))
+    chash = config_hash(cfg)
+    timings = {}
+
+    t0 = time.time()
+    images = data.load_images_uint8(manifest, manifest_path.parent, p.image_size)
+    timings["load_images_s"] = time.time() - t0
+    from safetensors.torch import load_file
+
+    pretrained = load_file(str(weights))
+    feats = None
+    if p.mode == "frozen":
+        t0 = time.time()
+        key = {k: cfg[k] for k in ("image_size", "stride_layout", "threads", "flip_features",
+                                   "weights_sha256", "manifest_sha256", "torch", "device", "dtype")}  # fmt: skip
+
+        def compute():
+            backbone = build_resnet50(1000, p.stride_layout)
+            backbone.load_state_dict(pretrained)
+            return extract_features(backbone, images, p, device, dtype)
+
+        feats = cached_features(out / "features_cache.npz", key, compute)
+        timings["features_s"] = time.time() - t0
+
+    folds = list(data.fold_indices(plan, index_of))
+    done, computed, t_folds = [], 0, time.time()
+    bar = tqdm(folds, desc=f"folds ({p.method})", unit="fold", disable=None, mininterval=5)
+    for protocol, run, fold, roles in bar:
+        prev = finished_fold(results_dir, protocol, run, fold, chash)
+        if prev is not None:
+            done.append(prev)
+            continue
+        seed = fold_seed(p.seed, protocol, run, fold)
+        t0 = time.time()
+        if p.mode == "frozen":
+            probs, info = fit_head(feats, y, roles, p, seed)
+        else:
+            probs, info = finetune_fold(pretrained, images, y, roles, p, device, dtype, seed)
+        info["timings"] = {"fold": round(time.time() - t0, 3)}
+        te = roles["test"]
+        res = FoldResult(p.method, protocol, run, fold, chash, images=manifest["path"].iloc[te].tolist(),
+                         y_true=y[te].tolist(), y_pred=probs.argmax(1).tolist(),
+                         probabilities=np.round(probs, 6).tolist(), extra=info)  # fmt: skip
+        save_fold(results_dir, res)
+        done.append(res)
+        computed += 1
+    timings["folds_s"] = time.time() - t_folds
+    # fold files from an older plan (e.g. more runs) would be read by aggregate: remove them
+    keep = {fold_path(results_dir, r.protocol, r.run, r.fold) for r in done}
+    for stale in results_dir.glob("*/run*_fold*.json"):
+        if stale not in keep:
+            stale.unlink()
+
+    mlflow_s = 0.0
+    parent = None
+    if p.log_mlflow:
+        t0 = time.time()
+        parent = tracking.parent_run_id() or tracking.start_parent(params_for_log or {"train": cfg})
+        tracking.log_fold_runs(parent, done, cfg)
+        mlflow_s = time.time() - t0
+    timings["mlflow_s"] = mlflow_s
+    timings["total_s"] = time.time() - t_start
+    summary = {
+        "method": p.method, "config_hash": chash, "config": cfg,
+        "n_folds": len(done), "n_computed": computed, "n_resumed": len(done) - computed,
+        "mean_fold_accuracy": {proto: float(np.mean([r.accuracy for r in done if r.protocol == proto]))
+                               for proto in sorted({r.protocol for r in done})},
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "mlflow_share_of_train": round(mlflow_s / max(timings["total_s"] - mlflow_s, 1e-9), 4),
+        "mlflow_parent_run_id": parent,
+    }  # fmt: skip
+    write_json(out / "train_summary.json", summary)
+    write_json(out / "resolved_config.json", cfg)  # the resolved config next to the results
+    if parent:
+        write_json(out / "mlflow.json", {"parent_run_id": parent, "tracking_uri": tracking.tracking_uri()})
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--manifest", type=Path, default=config.MANIFEST, help="manifest.csv from ingest")
+    ap.add_argument("--plan", type=Path, default=config.SPLIT_PLAN, help="split_plan.csv from split")
+    ap.add_argument("--weights", type=Path, default=config.WEIGHTS_FILE, help="ImageNet ResNet-50 safetensors")
+    ap.add_argument("--out", type=Path, default=config.TRAIN_DIR, help="output folder (fold results per method)")
+    ap.add_argument("--params", type=Path, nargs="+", default=[config.PARAMS_FILE],
+                    help="params file(s); later files override sections of earlier ones (profiles)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        raw = config.read_params_files(args.params)
+        p = config.parse_section("train", raw.get("train"), TrainParams)
+        summary = run_training(args.manifest, args.plan, args.weights, args.out, p, params_for_log=raw)
+    except (ParamsError, FileNotFoundError, ValueError) as exc:
+        print(f"train: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: summary[k] for k in ("method", "n_folds", "n_computed", "n_resumed",
+                                              "mean_fold_accuracy", "timings_s")}))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
