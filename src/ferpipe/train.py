@@ -24,6 +24,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -34,7 +35,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import config, data, tracking
-from .config import CLASSES, ParamsError, load_section, register_section
+from .config import CLASSES, ParamsError, register_section
 from .foldio import FoldResult, config_hash, finished_fold, fold_path, save_fold
 from .io import sha256_file, write_json
 from .model import build_resnet50, normalize, replace_head
@@ -304,8 +305,65 @@ def select_folds(plan, p: TrainParams):
     return plan
 
 
+@dataclasses.dataclass
+class FoldContext:
+    """Everything one fold needs; picklable so a task runner can ship it to workers."""
+
+    p: TrainParams
+    method: str
+    chash: str
+    results_dir: Path
+    image_names: list[str]
+    y: np.ndarray
+    feats: np.ndarray | None = None  # frozen mode
+    images: torch.Tensor | None = None  # finetune mode
+    pretrained: dict | None = None  # finetune mode
+
+
+@dataclasses.dataclass
+class FoldTask:
+    protocol: str
+    run: int
+    fold: int
+    roles: dict[str, np.ndarray]
+
+
+def compute_fold(ctx: FoldContext, task: FoldTask) -> FoldResult:
+    """Train and test one fold, save its result atomically, return it."""
+    p = ctx.p
+    device, dtype = resolve_runtime(p)
+    seed = fold_seed(p.seed, task.protocol, task.run, task.fold)
+    t0 = time.time()
+    if p.mode == "frozen":
+        probs, info = fit_head(ctx.feats, ctx.y, task.roles, p, seed)
+    else:
+        probs, info = finetune_fold(ctx.pretrained, ctx.images, ctx.y, task.roles, p, device, dtype, seed)
+    info["timings"] = {"fold": round(time.time() - t0, 3)}
+    te = task.roles["test"]
+    res = FoldResult(ctx.method, task.protocol, task.run, task.fold, ctx.chash,
+                     images=[ctx.image_names[i] for i in te], y_true=ctx.y[te].tolist(),
+                     y_pred=probs.argmax(1).tolist(), probabilities=np.round(probs, 6).tolist(),
+                     extra=info)  # fmt: skip
+    save_fold(ctx.results_dir, res)
+    return res
+
+
+def run_sequential(ctx: FoldContext, tasks: list[FoldTask]) -> list[FoldResult]:
+    bar = tqdm(tasks, desc=f"folds ({ctx.method})", unit="fold", disable=None, mininterval=5)
+    return [compute_fold(ctx, t) for t in bar]
+
+
+def fold_runner(spec: str | None):
+    """Sequential unless FERPIPE_FOLD_RUNNER names a Prefect runner ('prefect', 'dask://host:port')."""
+    if not spec or spec == "sequential":
+        return run_sequential
+    from pipeline.fanout import make_runner  # optional: only when fan-out is asked for
+
+    return make_runner(spec)
+
+
 def run_training(manifest_path: Path, plan_path: Path, weights: Path, out: Path, p: TrainParams,
-                 params_for_log: dict | None = None) -> dict:  # fmt: skip
+                 params_for_log: dict | None = None, runner=None) -> dict:  # fmt: skip
     t_start = time.time()
     device, dtype = resolve_runtime(p)
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
@@ -315,12 +373,10 @@ def run_training(manifest_path: Path, plan_path: Path, weights: Path, out: Path,
     y = data.labels_of(manifest)
     if not weights.exists():
         raise FileNotFoundError(f"{weights}: weights not found (run the weights stage)")
-    weights_sha = sha256_file(weights)
-    results_dir = out / p.method
     cfg = {k: v for k, v in dataclasses.asdict(p).items() if k not in ("log_mlflow", "max_runs", "max_folds")}
-    cfg.update(weights_sha256=weights_sha, manifest_sha256=sha256_file(manifest_path),
+    cfg.update(weights_sha256=sha256_file(weights), manifest_sha256=sha256_file(manifest_path),
                torch=torch.__version__, device=device.type, dtype=str(dtype))
-    chash = config_hash(cfg)
+    ctx = FoldContext(p, p.method, config_hash(cfg), out / p.method, manifest["path"].tolist(), y)
     timings = {}
 
     t0 = time.time()
@@ -329,7 +385,6 @@ def run_training(manifest_path: Path, plan_path: Path, weights: Path, out: Path,
     from safetensors.torch import load_file
 
     pretrained = load_file(str(weights))
-    feats = None
     if p.mode == "frozen":
         t0 = time.time()
         key = {k: cfg[k] for k in ("image_size", "stride_layout", "threads", "flip_features",
@@ -340,35 +395,27 @@ def run_training(manifest_path: Path, plan_path: Path, weights: Path, out: Path,
             backbone.load_state_dict(pretrained)
             return extract_features(backbone, images, p, device, dtype)
 
-        feats = cached_features(out / "features_cache.npz", key, compute)
+        ctx.feats = cached_features(out / "features_cache.npz", key, compute)
         timings["features_s"] = time.time() - t0
+    else:
+        ctx.images, ctx.pretrained = images, pretrained
 
-    folds = list(data.fold_indices(plan, index_of))
-    done, computed, t_folds = [], 0, time.time()
-    bar = tqdm(folds, desc=f"folds ({p.method})", unit="fold", disable=None, mininterval=5)
-    for protocol, run, fold, roles in bar:
-        prev = finished_fold(results_dir, protocol, run, fold, chash)
+    done, todo = [], []
+    for protocol, run, fold, roles in data.fold_indices(plan, index_of):
+        prev = finished_fold(ctx.results_dir, protocol, run, fold, ctx.chash)
         if prev is not None:
             done.append(prev)
-            continue
-        seed = fold_seed(p.seed, protocol, run, fold)
-        t0 = time.time()
-        if p.mode == "frozen":
-            probs, info = fit_head(feats, y, roles, p, seed)
         else:
-            probs, info = finetune_fold(pretrained, images, y, roles, p, device, dtype, seed)
-        info["timings"] = {"fold": round(time.time() - t0, 3)}
-        te = roles["test"]
-        res = FoldResult(p.method, protocol, run, fold, chash, images=manifest["path"].iloc[te].tolist(),
-                         y_true=y[te].tolist(), y_pred=probs.argmax(1).tolist(),
-                         probabilities=np.round(probs, 6).tolist(), extra=info)  # fmt: skip
-        save_fold(results_dir, res)
-        done.append(res)
-        computed += 1
-    timings["folds_s"] = time.time() - t_folds
+            todo.append(FoldTask(protocol, run, fold, roles))
+    if done:
+        log.info("train: resuming, %d fold(s) already finished, %d to go", len(done), len(todo))
+    t0 = time.time()
+    new = (runner or run_sequential)(ctx, todo) if todo else []
+    timings["folds_s"] = time.time() - t0
+    done = sorted(done + list(new), key=lambda r: (r.protocol, r.run, r.fold))
     # fold files from an older plan (e.g. more runs) would be read by aggregate: remove them
-    keep = {fold_path(results_dir, r.protocol, r.run, r.fold) for r in done}
-    for stale in results_dir.glob("*/run*_fold*.json"):
+    keep = {fold_path(ctx.results_dir, r.protocol, r.run, r.fold) for r in done}
+    for stale in ctx.results_dir.glob("*/run*_fold*.json"):
         if stale not in keep:
             stale.unlink()
 
@@ -382,8 +429,8 @@ def run_training(manifest_path: Path, plan_path: Path, weights: Path, out: Path,
     timings["mlflow_s"] = mlflow_s
     timings["total_s"] = time.time() - t_start
     summary = {
-        "method": p.method, "config_hash": chash, "config": cfg,
-        "n_folds": len(done), "n_computed": computed, "n_resumed": len(done) - computed,
+        "method": p.method, "config_hash": ctx.chash, "config": cfg,
+        "n_folds": len(done), "n_computed": len(new), "n_resumed": len(done) - len(new),
         "mean_fold_accuracy": {proto: float(np.mean([r.accuracy for r in done if r.protocol == proto]))
                                for proto in sorted({r.protocol for r in done})},
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
@@ -405,12 +452,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=config.TRAIN_DIR, help="output folder (fold results per method)")
     ap.add_argument("--params", type=Path, nargs="+", default=[config.PARAMS_FILE],
                     help="params file(s); later files override sections of earlier ones (profiles)")
+    ap.add_argument("--runner", help="fold fan-out: sequential (default), prefect, or dask://HOST:PORT "
+                    "(default from $FERPIPE_FOLD_RUNNER); results are identical")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         raw = config.read_params_files(args.params)
         p = config.parse_section("train", raw.get("train"), TrainParams)
-        summary = run_training(args.manifest, args.plan, args.weights, args.out, p, params_for_log=raw)
+        runner = fold_runner(args.runner or os.environ.get("FERPIPE_FOLD_RUNNER"))
+        summary = run_training(args.manifest, args.plan, args.weights, args.out, p, params_for_log=raw, runner=runner)
     except (ParamsError, FileNotFoundError, ValueError) as exc:
         print(f"train: error: {exc}", file=sys.stderr)
         return 2
