@@ -244,7 +244,7 @@ def train_one_epoch(model, opt, images, y, idx, p, device, dtype, gen) -> float:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        total += float(loss) * len(b)
+        total += loss.item() * len(b)
         n += len(b)
     return total / max(n, 1)
 
@@ -264,12 +264,24 @@ def evaluate(model, images, y, idx, p, device, dtype) -> tuple[np.ndarray, float
     return pr, loss
 
 
+_MODELS: dict = {}
+
+
+def reusable_model(stride_layout: str, device: torch.device) -> nn.Module:
+    """One ResNet-50 per process: building one (random init) costs about a second."""
+    key = (stride_layout, str(device))
+    if key not in _MODELS:
+        _MODELS[key] = build_resnet50(1000, stride_layout).to(device)
+    return _MODELS[key]
+
+
 def finetune_fold(pretrained: dict, images, y, roles, p: TrainParams, device, dtype, seed: int):
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = build_resnet50(1000, p.stride_layout)
-    model.load_state_dict(pretrained)  # re-load the pretrained state per fold, no rebuild of weights
-    replace_head(model, len(CLASSES))
+    model = reusable_model(p.stride_layout, device)
+    model.fc = nn.Linear(2048, 1000)  # the pretrained head shape, so the state dict loads strictly
+    model.load_state_dict(pretrained)  # re-load the pretrained state per fold instead of re-building
+    replace_head(model, len(CLASSES))  # seeded by torch.manual_seed above
     model = model.to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=p.epochs)
