@@ -9,7 +9,7 @@ export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 export MPLBACKEND := Agg
 
-.PHONY: install run repro test lint unit
+.PHONY: install run test lint unit smoke paper readme
 
 install:  ## create/update .venv from requirements.lock (uv, local wheels when present)
 	bash scripts/setup_env.sh
@@ -26,3 +26,14 @@ unit: install  ## fast tests only (no real data, no model)
 
 test: install lint  ## lint + the whole test suite (unit + integration on ../shared)
 	python -m pytest -q
+
+smoke: install  ## finetune smoke profile on CPU (needs the split + weights outputs of `make run`)
+	dvc repro split weights
+	python -m ferpipe.profile smoke
+
+paper: install  ## the paper's method: full fine-tuning at 224 px, 10 runs x 10 folds (a GPU job)
+	dvc repro split weights
+	python -m ferpipe.profile paper
+
+readme: install  ## regenerate the README results block from metrics/*.json
+	python -m ferpipe.readme

@@ -106,6 +106,22 @@ def parent_run_id(recorded: Path | str | None = None) -> str | None:
     return None
 
 
+def curve_points(curves: dict[str, Any]):
+    """(key, step, value) for curves given as lists of numbers or lists of records.
+
+    ``{"val_loss": [..]}`` -> val_loss at steps 0..n; ``{"grid": [{"hidden": 10,
+    "val_accuracy": .5}, ..]}`` -> grid.val_accuracy at steps 0..n (one per record).
+    """
+    for key, values in curves.items():
+        for step, v in enumerate(values if isinstance(values, list) else []):
+            if isinstance(v, dict):
+                for sub, x in v.items():
+                    if isinstance(x, (int, float)) and not isinstance(x, bool):
+                        yield f"{key}.{sub}", step, float(x)
+            elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                yield key, step, float(v)
+
+
 def log_fold_runs(parent_id: str, folds: Iterable, config: dict[str, Any]) -> int:
     """One child run per FoldResult: config, per-epoch curves, accuracy, confusion matrix."""
     from mlflow.entities import Metric, Param, RunStatus, RunTag
@@ -119,8 +135,8 @@ def log_fold_runs(parent_id: str, folds: Iterable, config: dict[str, Any]) -> in
         run = c.create_run(exp, run_name=f"{r.method}/{r.protocol}/run{r.run:02d}/fold{r.fold:02d}",
                            tags={PARENT_TAG: parent_id})  # fmt: skip
         metrics = [Metric("test_accuracy", r.accuracy, now, 0)]
-        for key, values in (r.extra.get("curves") or {}).items():
-            metrics += [Metric(key, float(v), now, step) for step, v in enumerate(values)]
+        for key, step, value in curve_points(r.extra.get("curves") or {}):
+            metrics.append(Metric(key, value, now, step))
         for key, value in (r.extra.get("timings") or {}).items():
             metrics.append(Metric(f"time_{key}_s", float(value), now, 0))
         tags = [RunTag("method", r.method), RunTag("protocol", r.protocol), RunTag("run", str(r.run)),

@@ -161,14 +161,16 @@ def _entropy_rows(v: np.ndarray, kind: str, bins: int) -> np.ndarray:
 
 
 def swe_features(images: np.ndarray, wavelet: str = "db4", levels: int = 4,
-                 entropy: str = "histogram", bins: int = 32, grid: int = 1) -> np.ndarray:  # fmt: skip
+                 entropy: str = "energy", bins: int = 32, grid: int = 1) -> np.ndarray:  # fmt: skip
     """Stationary wavelet entropy ``(N, (1 + 3*levels) * grid**2)``.
 
     ``pywt.swt2`` (undecimated, so every subband keeps the image size) to ``levels``;
     subband order [cA_L, cH_L, cV_L, cD_L, ..., cH_1, cV_1, cD_1]; each subband split
     into ``grid`` x ``grid`` blocks (grid=1: the whole subband, as in the papers) and
-    the entropy of each block (see :func:`_entropy_rows`) is one feature.
-    A constant image gives 0 for every feature.
+    the entropy of each block (see :func:`_entropy_rows`) is one feature. Coefficients
+    below 1e-9 x the image's max |value| (x 2**levels) count as 0 (transform round-off).
+    A constant image gives 0 bits for every subband with 'histogram'; with 'energy' its
+    details are 0 bits and its approximation, flat, log2(S*S) bits.
     """
     size = images.shape[-1]
     check_size(size, levels, "bbo")
@@ -180,9 +182,13 @@ def swe_features(images: np.ndarray, wavelet: str = "db4", levels: int = 4,
     c = pywt.swt2(images.astype(np.float64), wavelet, level=levels, trim_approx=True,
                   axes=(-2, -1))  # fmt: skip
     bands = [c[0]] + [band for det in c[1:] for band in det]
+    # round-off of the transform (e.g. ~1e-16 "details" of a flat image) is exact zero here,
+    # else the scale-free entropies would be computed on numerical noise
+    tol = 1e-9 * np.abs(images).reshape(n, -1).max(axis=1).clip(min=1e-12) * 2.0**levels
     b = size // grid
     feats = []
     for band in bands:
+        band = np.where(np.abs(band) <= tol[:, None, None], 0.0, band)
         blocks = band.reshape(n, grid, b, grid, b).transpose(0, 1, 3, 2, 4).reshape(n * grid * grid, b * b)
         feats.append(_entropy_rows(blocks, entropy, bins).reshape(n, grid * grid))
     return np.concatenate(feats, axis=1).astype(np.float32)

@@ -144,7 +144,9 @@ def bbo(f: Objective, lower, upper, *, dim: int | None = None, pop_size: int = 3
     ranks = np.arange(pop_size)
     mu = (pop_size - ranks) / (pop_size + 1.0)  # emigration, best habitat highest
     lam = 1.0 - mu  # immigration, best habitat lowest
-    mu_cum = np.cumsum(mu / mu.sum())
+    # roulette on mu exactly and fast: mu_k is proportional to the integer P - k, so a
+    # uniform integer in [0, P(P+1)/2) looked up in this table picks habitat k w.p. mu_k/sum(mu)
+    table = np.repeat(ranks, pop_size - ranks)
     cols = np.arange(d)
     order = np.argsort(fx, kind="stable")
     x, fx = x[order], fx[order]
@@ -152,7 +154,7 @@ def bbo(f: Objective, lower, upper, *, dim: int | None = None, pop_size: int = 3
     for _ in range(iters):
         elite_x, elite_f = x[:elites].copy(), fx[:elites].copy()
         immigrate = rng.random((pop_size, d)) < lam[:, None]
-        src = np.minimum(np.searchsorted(mu_cum, rng.random((pop_size, d)), side="right"), pop_size - 1)
+        src = table[rng.integers(0, len(table), (pop_size, d))]
         new = np.where(immigrate, x[src, cols[None, :]], x)
         mutate = rng.random((pop_size, d)) < mutation_prob
         new = np.where(mutate, new + rng.standard_normal((pop_size, d)) * sigma, new)

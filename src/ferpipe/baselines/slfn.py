@@ -72,41 +72,53 @@ def _act(z: np.ndarray, activation: str) -> np.ndarray:
 
 
 def forward(pop: np.ndarray, x: np.ndarray, h: int, c: int, activation: str = "tanh") -> np.ndarray:
-    """Logits of every candidate on every row: ``(P, N, c)`` (batched matmuls over P)."""
+    """Logits of every candidate on every row, class-major: ``(P, c, N)``.
+
+    Two batched matmuls over the population, computed transposed (``W1^T X^T``) so that
+    the N samples are the contiguous axis: the softmax reductions over the c classes
+    then run as fast element-wise operations on length-N rows.
+    """
     pop = np.asarray(pop, dtype=np.float32)
     x = np.asarray(x, dtype=np.float32)
     w1, b1, w2, b2 = unpack(pop, x.shape[1], h, c)
-    hid = np.matmul(x[None], w1)  # (P, N, h)
-    hid += b1[:, None, :]
+    hid = np.matmul(w1.transpose(0, 2, 1), x.T)  # (P, h, N)
+    hid += b1[:, :, None]
     _act(hid, activation)
-    z = np.matmul(hid, w2)  # (P, N, c)
-    z += b2[:, None, :]
+    z = np.matmul(w2.transpose(0, 2, 1), hid)  # (P, c, N)
+    z += b2[:, :, None]
     return z
 
 
-def softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=-1, keepdims=True)
+def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
+    z = z - z.max(axis=axis, keepdims=True)
     e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+    return e / e.sum(axis=axis, keepdims=True)
 
 
-def losses(z: np.ndarray, y: np.ndarray, fitness: str = "ce") -> np.ndarray:
-    """Mean loss per candidate ``(P,)`` from logits ``(P, N, c)`` and labels ``(N,)``."""
-    n = len(y)
-    zmax = z.max(axis=-1, keepdims=True)
-    zs = z - zmax
-    lse = np.log(np.exp(zs).sum(axis=-1))  # (P, N)
+def one_hot(y: np.ndarray, c: int) -> np.ndarray:
+    """Class-major one-hot ``(c, N)`` float32."""
+    return (np.arange(c)[:, None] == np.asarray(y)[None, :]).astype(np.float32)
+
+
+def losses(z: np.ndarray, y: np.ndarray, fitness: str = "ce", onehot: np.ndarray | None = None) -> np.ndarray:
+    """Mean loss per candidate ``(P,)`` from class-major logits ``(P, c, N)``, labels ``(N,)``."""
+    t = one_hot(y, z.shape[1]) if onehot is None else onehot
+    zs = z - z.max(axis=1, keepdims=True)
+    e = np.exp(zs)
+    tot = e.sum(axis=1)  # (P, N)
     if fitness == "ce":
-        return (lse - zs[:, np.arange(n), y]).mean(axis=1)
+        return (np.log(tot) - (zs * t).sum(axis=1)).mean(axis=1)
     if fitness == "mse":
-        prob = np.exp(zs - lse[..., None])
-        prob[:, np.arange(n), y] -= 1.0
-        return (prob**2).sum(axis=-1).mean(axis=1)
+        e /= tot[:, None, :]
+        e -= t
+        return (e * e).sum(axis=1).mean(axis=1)
     raise ValueError(f"fitness must be one of {FITNESSES}, got {fitness!r}")
 
 
-def error_rates(z: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return (z.argmax(axis=-1) != y[None]).mean(axis=1)
+def error_rates(z: np.ndarray, y: np.ndarray, onehot: np.ndarray | None = None) -> np.ndarray:
+    """Training error rate per candidate; a tie with the true class counts as correct."""
+    t = one_hot(y, z.shape[1]) if onehot is None else onehot
+    return ((z * t).sum(axis=1) < z.max(axis=1)).mean(axis=1)
 
 
 class SLFNObjective:
@@ -123,6 +135,7 @@ class SLFNObjective:
         self.h, self.c = h, n_classes
         self.activation, self.fitness, self.error_weight = activation, fitness, error_weight
         self.dim = n_params(self.x.shape[1], h, n_classes)
+        self._onehot = one_hot(self.y, n_classes)
         self.n_evals = 0
 
     def bounds(self, bound: float) -> tuple[np.ndarray, np.ndarray]:
@@ -131,11 +144,11 @@ class SLFNObjective:
     def __call__(self, pop: np.ndarray) -> np.ndarray:
         z = forward(pop, self.x, self.h, self.c, self.activation)
         self.n_evals += z.shape[0]
-        f = losses(z, self.y, self.fitness)
+        f = losses(z, self.y, self.fitness, self._onehot)
         if self.error_weight:
-            f = f + self.error_weight * error_rates(z, self.y)
+            f = f + self.error_weight * error_rates(z, self.y, self._onehot)
         return f.astype(np.float64)
 
     def predict_proba(self, vec: np.ndarray, x: np.ndarray) -> np.ndarray:
         """Softmax probabilities ``(N, c)`` of one network ``vec (D,)`` on rows x."""
-        return softmax(forward(vec[None], x, self.h, self.c, self.activation)[0].astype(np.float64))
+        return softmax(forward(vec[None], x, self.h, self.c, self.activation)[0].T.astype(np.float64))

@@ -96,24 +96,24 @@ class BaselinesParams:
     cso_coeffs: str = "approx"
     cso_pca_components: int = 20
     cso_pop: int = 20
-    cso_iters: int = 60
-    cso_mr: float = 0.2
+    cso_iters: int = 300
+    cso_mr: float = 0.8
     cso_smp: int = 5
     cso_srd: float = 0.2
-    cso_cdc: float = 0.8
+    cso_cdc: float = 0.2
     cso_spc: bool = True
-    cso_c1: float = 2.0
-    cso_w: float = 0.7
+    cso_c1: float = 1.5
+    cso_w: float = 0.5
     cso_vmax: float = 0.2
     # bbo
     swe_wavelet: str = "db4"
     swe_levels: int = 4
-    swe_entropy: str = "histogram"
+    swe_entropy: str = "energy"
     swe_bins: int = 32
     swe_grid: int = 1
     bbo_optimizer: str = "bbo"
     bbo_pop: int = 30
-    bbo_iters: int = 200
+    bbo_iters: int = 300
     bbo_elites: int = 2
     bbo_mutation_prob: float = 0.02
     bbo_mutation_scale: float = 0.05
@@ -224,6 +224,7 @@ def _val_score(prob: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 # ---------------------------------------------------------------- per-fold models
 def fit_hwt(feats, y, roles, p: BaselinesParams, seed: np.random.SeedSequence):
+    """Linear classifier on standardised Haar features; C chosen on val (linsvm: softmax of margins)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.svm import LinearSVC
 
@@ -364,7 +365,7 @@ def run_baselines(manifest_path: Path, plan_path: Path, out: Path, p: BaselinesP
                     t0 = time.perf_counter()
                     images = features.load_gray(list(paths), manifest_path.parent, p.image_size)
                     load_s = time.perf_counter() - t0
-                feats = cache.get(method, lambda m=method: compute_features(m, images, p))
+                feats = cache.get(method, lambda m=method, im=images: compute_features(m, im, p))
                 t0 = time.perf_counter()
                 if method == "hwt":
                     prob, info = fit_hwt(feats, y, roles, p, fold_seed(p.seed, method, protocol, run, fold))
@@ -420,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", type=Path, nargs="+", default=[config.PARAMS_FILE],
                     help="params file(s) with an optional 'baselines' section (missing -> defaults); "
                          "later files override keys of earlier ones")  # fmt: skip
+    ap.add_argument("--no-mlflow", action="store_true", help="do not log the folds to MLflow")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -432,7 +434,25 @@ def main(argv: list[str] | None = None) -> int:
                  "oa": {pr: f"{v['oa_run_mean']:.2f} ± {v['oa_run_std']:.2f}" for pr, v in s["protocols"].items()}}
              for m, s in summary["methods"].items()}  # fmt: skip
     print(json.dumps({"baselines": brief, "total_s": summary["total_s"]}))
+    if not args.no_mlflow:
+        log_to_mlflow(args.out, p)
     return 0
+
+
+def log_to_mlflow(out: Path, p) -> None:
+    """One MLflow child run per baseline fold, under the pipeline's parent run."""
+    import time as _time
+
+    from .. import tracking
+    from ..foldio import load_results
+
+    t0 = _time.time()
+    parent = tracking.parent_run_id(config.TRAIN_DIR / "mlflow.json")
+    if parent is None:  # run alone: a parent of its own
+        parent = tracking.start_parent({"baselines": dataclasses.asdict(p)}, name="baselines")
+    folds = [r for m in p.methods for proto in config.PROTOCOLS for r in load_results(out / m, proto)]
+    n = tracking.log_fold_runs(parent, folds, {"baselines": dataclasses.asdict(p)})
+    log.info("baselines: logged %d fold runs to MLflow parent %s in %.1f s", n, parent, _time.time() - t0)
 
 
 if __name__ == "__main__":
