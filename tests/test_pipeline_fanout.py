@@ -52,6 +52,15 @@ def same(a: list, b: list) -> None:
 
 
 @pytest.fixture(scope="module")
+def prefect_api():
+    """A throwaway Prefect server + database for this module, stopped while pytest still has stdout."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=None):
+        yield
+
+
+@pytest.fixture(scope="module")
 def sequential(tmp_path_factory):
     ctx, tasks = tiny_context(tmp_path_factory.mktemp("seq"))
     return tasks, train.run_sequential(ctx, tasks)
@@ -113,7 +122,7 @@ def test_sequential_spec_is_the_plain_runner():
 
 # ---------------------------------------------------------------- slow: real Prefect / Dask runs
 @pytest.mark.slow
-def test_prefect_threads_match_sequential(sequential, tmp_path):
+def test_prefect_threads_match_sequential(prefect_api, sequential, tmp_path):
     tasks, expected = sequential
     ctx, _ = tiny_context(tmp_path)
     got = fanout.make_runner("prefect:2")(ctx, tasks)
@@ -122,7 +131,7 @@ def test_prefect_threads_match_sequential(sequential, tmp_path):
 
 
 @pytest.mark.slow
-def test_dask_cluster_matches_sequential(sequential, tmp_path):
+def test_dask_cluster_matches_sequential(prefect_api, sequential, tmp_path):
     from distributed import LocalCluster
 
     tasks, expected = sequential

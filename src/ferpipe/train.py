@@ -276,9 +276,9 @@ def reusable_model(stride_layout: str, device: torch.device) -> nn.Module:
 
 
 def finetune_fold(pretrained: dict, images, y, roles, p: TrainParams, device, dtype, seed: int):
+    model = reusable_model(p.stride_layout, device)  # before seeding: building consumes RNG only once
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = reusable_model(p.stride_layout, device)
     model.fc = nn.Linear(2048, 1000)  # the pretrained head shape, so the state dict loads strictly
     model.load_state_dict(pretrained)  # re-load the pretrained state per fold instead of re-building
     replace_head(model, len(CLASSES))  # seeded by torch.manual_seed above
