@@ -9,7 +9,7 @@ export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 export MPLBACKEND := Agg
 
-.PHONY: install run test lint unit smoke paper readme
+.PHONY: install run test lint unit smoke paper readme pipeline gate serve predict
 
 install:  ## create/update .venv from requirements.lock (uv, local wheels when present)
 	bash scripts/setup_env.sh
@@ -37,3 +37,12 @@ paper: install  ## the paper's method: full fine-tuning at 224 px, 10 runs x 10 
 
 readme: install  ## regenerate the README results block from metrics/*.json
 	python -m ferpipe.readme
+
+pipeline: install  ## the DAG through Prefect: retries, stage timings, one MLflow parent, results artifact (DASK=host:8786 fans train's folds out)
+	python -m pipeline $(if $(DASK),--dask-address $(DASK))
+
+gate: install  ## reproduction gate: pull raw data, dvc repro -f + smoke profile, compare with the committed metrics
+	python -m pipeline.reproduce --pull --profiles smoke
+
+serve: install  ## REST predictions from the registered champion model on 127.0.0.1:5001
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} mlflow models serve -m models:/ferpipe-resnet50@champion --env-manager local -h 127.0.0.1 -p 5001

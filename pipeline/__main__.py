@@ -81,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     exc = state.result(raise_on_failure=False)
     if isinstance(exc, pflow.PipelineError):
+        if getattr(exc, "summary", None):
+            print("\n" + _table(exc.summary["stages"]))
+            done = [r["stage"] for r in exc.summary["stages"] if r["status"] != "FAILED"]
+            print(f"pipeline: outputs of the finished stages are kept ({', '.join(done) or 'none'}); "
+                  f"logs in {exc.summary['log_dir']}")  # fmt: skip
         print(f"\npipeline: error: {exc}", file=sys.stderr)
         return exc.exit_code
     print(f"\npipeline: error: {state.name}: {exc}", file=sys.stderr)

@@ -20,14 +20,17 @@ Specs
 
 A Dask cluster over several machines::
 
-    dask scheduler --host 0.0.0.0 --port 8786                 # on one machine
-    dask worker tcp://10.0.0.5:8786 --nworkers 1 --nthreads 1 # on each machine, from a checkout
-                                                              # of the same commit (same venv)
+    .venv/bin/dask scheduler --host 0.0.0.0 --port 8786     # on one machine
+    .venv/bin/dask worker tcp://10.0.0.5:8786 --nworkers 2 --nthreads 1   # on each machine
 
-Workers import ``ferpipe`` and ``pipeline``: start them from the repository root (or with
-it on ``PYTHONPATH``) with the same locked environment. Each worker needs the ``train``
-thread count in cores (``--nworkers`` x ``train.threads`` <= cores); results are bit-identical
-only for the same ``train.threads`` and the same hardware kind.
+Scheduler and workers run from a checkout of the same commit with its ``.venv`` (``make
+install``): they need ``ferpipe`` and the same libraries. This package is uploaded to them
+by the runner (``Client.upload_file``; the scheduler unpickles the task graph, so it needs
+it too), and a worker whose ferpipe code or numpy / scikit-learn / torch versions differ from
+this process is refused with the difference named, because its folds would not reproduce.
+Give each worker process ``train.threads`` cores (``--nworkers`` x ``train.threads`` <=
+cores); finetune results are bit-identical only on the same hardware kind and thread count.
+Restart long-lived workers after updating their checkout.
 
 Several GPUs on one machine, one fold per GPU: one single-threaded worker per GPU, each
 seeing only its own device (``CUDA_VISIBLE_DEVICES``); ``dask-cuda``'s ``dask cuda worker``
@@ -193,6 +196,73 @@ def task_runner_for(spec: RunnerSpec, ctx):
     return DaskTaskRunner(address=spec.address, client_kwargs={"timeout": "15s"})
 
 
+# ---------------------------------------------------------------- cluster preparation
+def code_fingerprint() -> dict[str, str]:
+    """What decides a fold's numbers on a worker: the ferpipe code and the numeric libraries."""
+    import hashlib
+
+    import numpy
+    import sklearn
+    import torch
+
+    import ferpipe
+
+    h = hashlib.sha256()
+    root = Path(ferpipe.__file__).parent
+    for f in sorted(root.rglob("*.py")):
+        h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
+    return {"ferpipe": h.hexdigest()[:16], "numpy": numpy.__version__, "scikit-learn": sklearn.__version__,
+            "torch": torch.__version__}  # fmt: skip
+
+
+def package_zip() -> Path:
+    """This package as a zip (content-addressed), for ``Client.upload_file``."""
+    import hashlib
+    import zipfile
+
+    src = Path(__file__).parent
+    files = sorted(src.glob("*.py"))
+    digest = hashlib.sha256(b"".join(f.name.encode() + f.read_bytes() for f in files)).hexdigest()[:12]
+    path = Path(tempfile.gettempdir()) / f"ferpipe_pipeline_{digest}.zip"
+    if not path.exists():
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        with zipfile.ZipFile(tmp, "w") as z:
+            for f in files:
+                z.write(f, f"pipeline/{f.name}")
+        os.replace(tmp, path)
+    return path
+
+
+def prepare_cluster(client, address: str, wait_s: float = 60.0) -> int:
+    """Workers present, this package importable on the scheduler and workers, same code everywhere.
+
+    The scheduler unpickles the task graph, so it needs ``pipeline`` too: it is uploaded
+    (``Client.upload_file``) rather than assumed on ``PYTHONPATH``. ``ferpipe`` and the
+    libraries must come from the same locked environment: a worker whose ferpipe code or
+    numpy / scikit-learn / torch versions differ from this process would give different
+    numbers, so it is refused.
+    """
+    try:
+        client.wait_for_workers(1, timeout=wait_s)
+    except (TimeoutError, OSError) as exc:
+        raise FanoutError(f"the Dask scheduler at {address} has no workers after {wait_s:g} s "
+                          f"({type(exc).__name__}): start some with `dask worker {address}`") from None  # fmt: skip
+    client.upload_file(str(package_zip()), load=True)
+    mine = code_fingerprint()
+    try:
+        theirs = client.run(code_fingerprint)
+    except Exception as exc:  # noqa: BLE001  (any worker-side import error)
+        raise FanoutError(f"Dask workers at {address} cannot run ferpipe ({type(exc).__name__}: {exc}); "
+                          "start them from the project's environment (.venv with ferpipe installed)") from exc  # fmt: skip
+    bad = {w: fp for w, fp in theirs.items() if fp != mine}
+    if bad:
+        lines = "; ".join(f"{w}: {fp}" for w, fp in sorted(bad.items()))
+        raise FanoutError(f"Dask worker(s) at {address} run different code or libraries than this process "
+                          f"({mine}): {lines}. Update their checkout / environment to the same commit "
+                          "and restart them.")  # fmt: skip
+    return len(theirs)
+
+
 # ---------------------------------------------------------------- tasks and flow
 def _fold_task_fn(ctx, task, scratch: bool):
     """One fold on whatever worker runs it (``scratch``: write the fold file to a temp dir)."""
@@ -234,9 +304,12 @@ def _fold_flow_fn(token: str, method: str, n_folds: int, runner_label: str) -> l
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
         t0 = time.time()
+        spec = parse_spec(runner_label)
+        n_workers = prepare_cluster(task_runner.client, spec.address or "a local cluster")
         ctx_ref = task_runner.client.scatter(ctx, hash=False)  # once, not per task
-        log.info("fold context sent to the cluster in %.1f s (%s)", time.time() - t0, runner_label)
-        api = _api_url_for_workers(run_ctx, parse_spec(runner_label))
+        log.info("%d Dask worker(s) ready, fold context sent once, in %.1f s (%s)",
+                 n_workers, time.time() - t0, runner_label)  # fmt: skip
+        api = _api_url_for_workers(run_ctx, spec)
         if api:  # serialized with every task: workers report here instead of starting a server
             submit_ctx.enter_context(temporary_settings(updates={PREFECT_API_URL: api}))
         else:

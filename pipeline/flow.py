@@ -66,6 +66,7 @@ _LOCK_PATTERNS = ("Unable to acquire lock", "it is being blocked by")
 
 class PipelineError(RuntimeError):
     exit_code = 1
+    summary: dict | None = None
 
 
 class UsageError(PipelineError):
@@ -108,8 +109,13 @@ def dvc_stages(root: Path | str = ".") -> list[Stage]:
             upstream = {s: [d for d in graph.successors(s) if getattr(d, "cmd", None)] for s in stages}
             sub = graph.subgraph(stages).reverse(copy=True)  # dependency -> dependant
             ordered = list(nx.lexicographical_topological_sort(sub, key=lambda s: order[s]))
-            return [Stage(s.addressing, s.cmd if isinstance(s.cmd, str) else " && ".join(s.cmd),
-                          [d.addressing for d in upstream[s]]) for s in ordered]  # fmt: skip
+
+            def address(s) -> str:  # relative to the project root (s.addressing is relative to the cwd)
+                rel = os.path.relpath(s.path, repo.root_dir)
+                return s.name if rel == "dvc.yaml" else f"{rel}:{s.name}"
+
+            return [Stage(address(s), s.cmd if isinstance(s.cmd, str) else " && ".join(s.cmd),
+                          [address(d) for d in upstream[s]]) for s in ordered]  # fmt: skip
     except DvcException as exc:
         raise UsageError(f"cannot read the DVC pipeline in {root.resolve()}: {exc}") from exc
 
@@ -181,7 +187,7 @@ def run_dvc(args: list[str], root: Path, env: dict[str, str], log, log_file: Pat
     cmd = [sys.executable, "-m", "dvc", *args]
     log.info("$ dvc %s", " ".join(args))
     lines: list[str] = []
-    tail: deque[str] = deque(maxlen=40)
+    tail: deque[str] = deque(maxlen=25)
     fh = None
     if log_file:
         log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -202,6 +208,21 @@ def run_dvc(args: list[str], root: Path, env: dict[str, str], log, log_file: Pat
         if fh:
             fh.close()
     return rc, "\n".join(tail), lines
+
+
+_ERROR_LINE = re.compile(r"^\s*([\w.]+(Error|Exception|Exit)\b|ERROR\b|\w+: error:)")
+
+
+def failure_excerpt(lines: list[str], n_tail: int = 12) -> str:
+    """The last lines of a failed stage, preceded by the error lines a long traceback pushed out."""
+    tail = lines[-n_tail:]
+    earlier = [ln for ln in lines[:-n_tail] if _ERROR_LINE.match(ln)]
+    seen, key = set(tail), []
+    for ln in reversed(earlier):
+        if ln not in seen and len(key) < 5:
+            key.insert(0, ln)
+            seen.add(ln)
+    return "\n".join(([*key, "..."] if key else []) + tail)
 
 
 def is_lock_error(text: str) -> bool:
@@ -242,7 +263,7 @@ def _stage_task_fn(stage: str, root: str, force: bool, env: dict[str, str], log_
     if rc != 0:
         if is_lock_error(tail):
             raise DvcLockHeld(f"stage '{stage}': {LOCK_HINT}\n{tail}")
-        raise StageFailed(stage, rc, tail, log_file)
+        raise StageFailed(stage, rc, failure_excerpt(lines), log_file)
     status = stage_status(stage, lines)
     log.info("stage %s: %s in %.1f s", stage, status, seconds)
     return {"stage": stage, "status": status, "seconds": seconds}
@@ -359,6 +380,8 @@ def _pipeline_flow_fn(stages: list[str], force: bool = False, pull: bool = False
     summary = {"stages": rows, "failed": failed, "total_seconds": total, "mlflow_parent_run_id": parent,
                "log_dir": str(log_dir)}  # fmt: skip
     if error is not None:
+        if isinstance(error, PipelineError):
+            error.summary = summary  # the CLI prints the stage table of a failed run too
         raise error
     return summary
 

@@ -109,6 +109,13 @@ def load_metrics(path: Path | str) -> dict[str, Any]:
     return data
 
 
+def is_aggregate_metrics(data) -> bool:
+    """True for the ``ferpipe.aggregate`` layout {method: {protocol: {oa_mean, ...}}} (what the gate reads)."""
+    return (isinstance(data, dict) and bool(data)
+            and all(isinstance(ps, dict) and ps and all(isinstance(d, dict) and "oa_mean" in d for d in ps.values())
+                    for ps in data.values()))  # fmt: skip
+
+
 def load_gate_params(paths: list[Path | str] | None, overrides: list[str] | None = None) -> GateParams:
     """The ``gate`` section of params file(s) (a file holding only the section works too)."""
     raw: dict[str, Any] = {}

@@ -24,6 +24,7 @@ or the reproduction itself failed (the step is named).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -116,7 +117,11 @@ def main(argv: list[str] | None = None) -> int:
                 raise ReproduceError(f"profile '{name}': profiles/{name}.yaml not found")
         pairs: list[tuple[Path, Path]] = []
         for m in metrics:
-            pairs.append((git_show(root, args.ref, m, work / "committed" / m), root / m))
+            saved = git_show(root, args.ref, m, work / "committed" / m)
+            if gate.is_aggregate_metrics(json.loads(saved.read_text())):
+                pairs.append((saved, root / m))
+            else:  # e.g. compare.json (tests between methods): dvc metrics diff shows it
+                print(f"== reproduce: {m} is not in the aggregate format; not gated (see dvc metrics diff)")
         for name in args.profiles:
             m = f"metrics/{name}.json"
             pairs.append((git_show(root, args.ref, m, work / "committed" / m), work / "fresh" / m))

@@ -144,3 +144,10 @@ def test_several_pairs_and_markdown(tmp_path, real, monkeypatch):
     text = md.read_text()
     assert "| b2.json:resnet50_finetune/stratified/oa_mean | 20.0000 | 24.5000 | +4.5000 | 5.0000 | ok |" in text
     assert summary.read_text() == text + "\n"
+
+
+def test_aggregate_format_detection(real):
+    assert gate.is_aggregate_metrics(real)
+    compare_like = {"stratified": {"hwt": {"oa_mean": 1.0}, "a vs b": {"wilcoxon_p": 0.01}}}
+    assert not gate.is_aggregate_metrics(compare_like)
+    assert not gate.is_aggregate_metrics({}) and not gate.is_aggregate_metrics([1])

@@ -115,6 +115,39 @@ def test_finetune_folds_never_overlap_in_one_process(tmp_path, monkeypatch):
     assert dir2 == ctx.results_dir
 
 
+class FakeClient:
+    def __init__(self, fingerprints=None, workers=True):
+        self.fingerprints, self.workers, self.uploaded = fingerprints or {}, workers, []
+
+    def wait_for_workers(self, n, timeout=None):
+        if not self.workers:
+            raise TimeoutError("no workers")
+
+    def upload_file(self, path, load=True):
+        self.uploaded.append(path)
+
+    def run(self, fn):
+        return {w: (fp if fp is not None else fn()) for w, fp in self.fingerprints.items()}
+
+
+def test_cluster_with_other_code_or_no_workers_is_refused():
+    ok = FakeClient({"tcp://w1:1": None})
+    assert fanout.prepare_cluster(ok, "tcp://s:8786") == 1
+    assert ok.uploaded and Path(ok.uploaded[0]).suffix == ".zip"  # pipeline shipped to the cluster
+    stale = {**fanout.code_fingerprint(), "ferpipe": "0123456789abcdef"}
+    with pytest.raises(fanout.FanoutError, match=r"tcp://w2:1: .*0123456789abcdef.*same commit"):
+        fanout.prepare_cluster(FakeClient({"tcp://w1:1": None, "tcp://w2:1": stale}), "tcp://s:8786")
+    with pytest.raises(fanout.FanoutError, match=r"tcp://s:8786 has no workers"):
+        fanout.prepare_cluster(FakeClient(workers=False), "tcp://s:8786", wait_s=0.1)
+
+
+def test_package_zip_holds_this_package():
+    import zipfile
+
+    with zipfile.ZipFile(fanout.package_zip()) as z:
+        assert {"pipeline/__init__.py", "pipeline/fanout.py"} <= set(z.namelist())
+
+
 def test_sequential_spec_is_the_plain_runner():
     assert train.fold_runner("sequential") is train.run_sequential
     assert train.fold_runner(None) is train.run_sequential

@@ -40,7 +40,7 @@ stages:
 
 FAILING = """\
   bad:
-    cmd: echo attempt >> attempts.log && echo "boom: the stage broke" && exit 3
+    cmd: 'echo attempt >> attempts.log && echo "boom: the stage broke" && exit 3'
     deps: [b.txt]
   after:
     cmd: echo never > after.txt
@@ -68,10 +68,27 @@ def project(tmp_path) -> Path:
 
 @pytest.fixture(scope="module")
 def prefect_api():
+    """A throwaway Prefect server + database; the CLI runs in subprocesses pointed at it."""
+    from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=None):
-        yield
+        yield PREFECT_API_URL.value()
+
+
+def run_cli(api: str, project: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PREFECT_API_URL": api, "PYTHONPATH": str(REPO), **env}
+    return subprocess.run([sys.executable, "-m", "pipeline", "-C", str(project), *args], cwd=project,
+                          env=full_env, capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
+def table_rows(out: str) -> dict[str, str]:
+    rows = {}
+    for line in out.split("\nstage ", 1)[-1].splitlines()[1:]:
+        if line.strip() and not line.startswith("pipeline:"):
+            name, rest = line.split(None, 1)
+            rows[name] = rest.rsplit(None, 1)[0].strip()
+    return rows
 
 
 # ---------------------------------------------------------------- fast: no Prefect run
@@ -154,40 +171,46 @@ def test_stage_status_parsing():
 
 # ---------------------------------------------------------------- Prefect runs (a few seconds each)
 @pytest.mark.slow
-def test_flow_runs_stages_in_order_then_skips_them(prefect_api, project, monkeypatch, capsys):
-    monkeypatch.chdir(project)
-    assert cli.main(["-C", str(project), "--no-mlflow"]) == 0
-    out = capsys.readouterr().out
-    rows = [ln.split() for ln in out.splitlines() if ln.split()[:1] in (["a"], ["b"], ["c"])]
-    assert [r[0] for r in rows] == ["a", "b", "c"] and all(r[1] == "ran" for r in rows)
+def test_flow_runs_stages_in_order_then_skips_them(prefect_api, project):
+    first = run_cli(prefect_api, project, "--no-mlflow")
+    assert first.returncode == 0, first.stderr[-3000:]
+    rows = table_rows(first.stdout)
+    assert list(rows) == ["a", "b", "c"] and set(rows.values()) == {"ran"}
     assert (project / "b.txt").read_text() == "a\nb\n"
-    assert cli.main(["-C", str(project), "--no-mlflow"]) == 0
-    assert out.count("ran") >= 3 and "up to date" in capsys.readouterr().out
-    # per-stage logs are kept
+    again = run_cli(prefect_api, project, "--no-mlflow")
+    assert again.returncode == 0 and set(table_rows(again.stdout).values()) == {"up to date"}
+    # one Prefect task per stage, and the per-stage logs are kept
+    assert "Task run 'b'" in first.stderr and "[b] Running stage 'b'" in first.stderr
     logs = list((project / ".dvc" / "tmp" / "pipeline").glob("*/b.log"))
-    assert logs and "Running stage 'b'" in logs[0].read_text()
+    assert len(logs) == 2 and any("Running stage 'b'" in f.read_text() for f in logs)
+    # the results artifact: the stage table (+ results.md when the project has one)
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["ferpipe-results"])))
+    assert arts and all(a.type == "markdown" for a in arts)
+    assert any("| b | up to date |" in a.data for a in arts) and any("| b | ran |" in a.data for a in arts)
 
 
 @pytest.mark.slow
-def test_failed_stage_stops_the_flow_names_it_and_keeps_earlier_outputs(prefect_api, tmp_path, monkeypatch, capsys):
-    import mlflow  # noqa: F401  (the parent run is marked FAILED)
+def test_failed_stage_stops_the_flow_names_it_and_keeps_earlier_outputs(prefect_api, tmp_path):
     from mlflow.tracking import MlflowClient
 
     project = make_project(tmp_path / "fail", FAILING)
-    monkeypatch.chdir(project)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("FERPIPE_MLFLOW_ARTIFACTS", str(tmp_path / "mlart"))
-    rc = cli.main(["-C", str(project), "--retries", "1", "--retry-delay", "0"])
-    err = capsys.readouterr().err
-    assert rc == 1
-    assert "stage 'bad' failed: dvc repro exited with" in err and "boom: the stage broke" in err
+    res = run_cli(prefect_api, project, "--retries", "1", "--retry-delay", "0",
+                  MLFLOW_TRACKING_URI=uri, FERPIPE_MLFLOW_ARTIFACTS=str(tmp_path / "mlart"))  # fmt: skip
+    assert res.returncode == 1, res.stderr[-3000:]
+    assert "pipeline: error: stage 'bad' failed: dvc repro exited with" in res.stderr
+    assert "boom: the stage broke" in res.stderr
     assert (project / "attempts.log").read_text().count("attempt") == 2  # one retry
     assert not (project / "after.txt").exists()  # the flow stopped at the failure
     assert (project / "a.txt").exists() and (project / "b.txt").exists()  # earlier outputs kept
     lock = (project / "dvc.lock").read_text()
     assert "a.txt" in lock and "b.txt" in lock  # ... and committed by DVC
-    runs = MlflowClient(uri).search_runs([e.experiment_id for e in MlflowClient(uri).search_experiments()])
+    client = MlflowClient(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     parent = next(r for r in runs if r.data.tags.get("ferpipe.kind") == "pipeline")
     assert parent.info.status == "FAILED"
-    assert "stage_seconds.a" in parent.data.metrics
+    assert parent.data.metrics["stage_seconds.a"] > 0

@@ -1,0 +1,280 @@
+"""The final model at inference time: one torch module, the ingest preprocessing, a pyfunc.
+
+``FerNet`` is the whole classifier as a plain forward pass: ImageNet normalisation ->
+ResNet-50 backbone (pooled 2048-d features) -> one ``nn.Linear`` (for the frozen mode the
+feature standardisation, the row-space projection and the logistic-regression weights
+are folded into it) -> softmax, averaged with the horizontally flipped image as the
+folds were tested. A saved model is a folder with ``model.safetensors`` (the state dict)
+and ``model.json`` (classes, image size, preprocessing, face-crop setting).
+
+``FerPredictor`` turns image file bytes (JPEG/PNG/TIFF/..., gray or colour, any size)
+into class probabilities with the same steps as the ingest stage (gray -> 3 channels,
+optional Haar face crop via ``ingest.FaceCropper``, centre square, bicubic resize). A file
+that cannot be decoded gets a row with an ``error`` message; the others still run.
+
+MLflow: this module is the pyfunc ``loader_module`` (``_load_pyfunc``), so a logged model
+needs no pickle. Input: a DataFrame with column ``image`` holding base64-encoded file
+bytes; output: a DataFrame with ``label``, one probability column per class, ``face``
+(found | not_found | not_searched) and ``error`` (empty when the row was predicted).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import math
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import CLASSES
+from .model import IMAGENET_MEAN, IMAGENET_STD, build_resnet50
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "model.json"
+FORMAT_VERSION = 1
+FACE_CROPS = ("none", "haar")
+TTA_MODES = ("prob", "logit", "none")  # frozen folds averaged probabilities, finetune logits
+OUTPUT_COLUMNS = ["label", *CLASSES, "face", "error"]
+
+
+class FerNet(nn.Module):
+    """RGB images in [0, 1], shape (N, 3, H, W) -> class probabilities (N, n_classes)."""
+
+    def __init__(self, n_classes: int = len(CLASSES), stride_layout: str = "v1", flip_tta: str = "prob"):
+        super().__init__()
+        if flip_tta not in TTA_MODES:
+            raise ValueError(f"flip_tta must be one of {TTA_MODES}, got {flip_tta!r}")
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        self.backbone = build_resnet50(1000, stride_layout)
+        self.backbone.fc = nn.Identity()
+        self.head = nn.Linear(2048, n_classes)
+        self.flip_tta = flip_tta
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """ImageNet-normalised input -> class logits."""
+        return self.head(self.backbone(x))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = (images - self.mean) / self.std
+        logits = self.logits(x)
+        if self.flip_tta == "none":
+            return torch.softmax(logits, 1)
+        flipped = self.logits(torch.flip(x, dims=[3]))
+        if self.flip_tta == "logit":
+            return torch.softmax((logits + flipped) / 2, 1)
+        return (torch.softmax(logits, 1) + torch.softmax(flipped, 1)) / 2
+
+
+# ---------------------------------------------------------------- saving / loading
+def save_model(net: FerNet, meta: dict[str, Any], out_dir: Path | str) -> dict[str, Any]:
+    """Write model.safetensors + model.json into ``out_dir`` (each file atomically)."""
+    from safetensors.torch import save_file
+
+    from .io import write_json, write_with
+
+    out_dir = Path(out_dir)
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    write_with(out_dir / MODEL_FILE, lambda p: save_file(state, str(p), metadata={"format": "ferpipe-fernet"}))
+    meta = {"format_version": FORMAT_VERSION, "classes": list(CLASSES), **meta}
+    write_json(out_dir / CONFIG_FILE, meta)
+    return meta
+
+
+def read_config(model_dir: Path | str) -> dict[str, Any]:
+    path = Path(model_dir) / CONFIG_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not a ferpipe model folder (run the final_model stage)")
+    meta = json.loads(path.read_text())
+    if list(meta.get("classes", [])) != list(CLASSES):
+        raise ValueError(f"{path}: model classes {meta.get('classes')} differ from {list(CLASSES)}")
+    return meta
+
+
+def load_net(model_dir: Path | str) -> tuple[FerNet, dict[str, Any]]:
+    from safetensors.torch import load_file
+
+    meta = read_config(model_dir)
+    net = FerNet(len(meta["classes"]), meta["stride_layout"], meta["flip_tta"])
+    net.load_state_dict(load_file(str(Path(model_dir) / MODEL_FILE)), strict=True)
+    return net.eval(), meta
+
+
+# ---------------------------------------------------------------- preprocessing
+def decode_image(data: bytes):
+    """File bytes -> a PIL image (first frame, EXIF orientation applied, 8-bit modes)."""
+    from PIL import Image, ImageOps
+
+    im = Image.open(io.BytesIO(data))
+    im.load()  # decode now: a truncated or corrupt file fails here, with its name known
+    im = ImageOps.exif_transpose(im)
+    if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+        arr = np.asarray(im, dtype=np.float64)  # 16-bit / float scans: stretch to 0..255
+        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        arr = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
+        im = Image.fromarray(np.nan_to_num(arr).round().astype(np.uint8), mode="L")
+    return im
+
+
+def b64_to_bytes(value: Any) -> bytes:
+    """A base64 string (or raw bytes) -> bytes; data URIs ('data:image/png;base64,...') work too."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if not isinstance(value, str):
+        raise ValueError(f"expected a base64 string, got {type(value).__name__}")
+    s = value.strip()
+    if s.startswith("data:") and "," in s:
+        s = s.split(",", 1)[1]
+    try:
+        return base64.b64decode(s + "=" * (-len(s) % 4), validate=False)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"not valid base64: {exc}") from exc
+
+
+class FerPredictor:
+    """A loaded final model plus its preprocessing; thread-compatible, not thread-safe."""
+
+    def __init__(self, net: FerNet, meta: dict[str, Any], batch_size: int = 16):
+        self.net = net.eval().to(memory_format=torch.channels_last)
+        self.meta = meta
+        self.batch_size = batch_size
+        self._croppers: dict[float, Any] = {}
+
+    @classmethod
+    def load(cls, model_dir: Path | str, batch_size: int = 16) -> FerPredictor:
+        net, meta = load_net(model_dir)
+        return cls(net, meta, batch_size)
+
+    @property
+    def face_crop(self) -> str:
+        return self.meta["preprocessing"]["face_crop"]
+
+    def _cropper(self):
+        from .ingest import FaceCropper
+
+        margin = float(self.meta["preprocessing"]["face_margin"])
+        if margin not in self._croppers:
+            self._croppers[margin] = FaceCropper(margin)
+        return self._croppers[margin]
+
+    def preprocess(self, im, face_crop: str | None = None) -> tuple[np.ndarray, str]:
+        """PIL image -> (uint8 array (3, S, S), face status), exactly as ingest + train load it."""
+        from PIL import Image
+
+        from .config import IngestParams
+        from .ingest import normalise_image
+
+        pre = self.meta["preprocessing"]
+        face_crop = face_crop or pre["face_crop"]
+        if face_crop not in FACE_CROPS:
+            raise ValueError(f"face_crop must be one of {FACE_CROPS}, got {face_crop!r}")
+        ip = IngestParams(image_size=int(pre["ingest_image_size"]), face_crop=face_crop,
+                          face_margin=float(pre["face_margin"]), grayscale=bool(pre["grayscale"]))  # fmt: skip
+        img, found = normalise_image(im, ip, self._cropper() if face_crop == "haar" else None)
+        size = int(self.meta["image_size"])
+        if img.size != (size, size):  # as data.load_images_uint8 does when train.image_size differs
+            img = img.resize((size, size), Image.BICUBIC)
+        face = "not_searched" if found is None else ("found" if found else "not_found")
+        return np.asarray(img.convert("RGB")).transpose(2, 0, 1).copy(), face
+
+    @torch.no_grad()
+    def probabilities(self, batch_u8: np.ndarray) -> np.ndarray:
+        out = []
+        for s in range(0, len(batch_u8), self.batch_size):
+            x = torch.from_numpy(batch_u8[s : s + self.batch_size]).float().div_(255)
+            out.append(self.net(x.contiguous(memory_format=torch.channels_last)).float().numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(CLASSES)), dtype=np.float32)
+
+    def predict_bytes(self, blobs: Sequence[bytes | Exception], face_crop: str | None = None) -> list[dict]:
+        """One record per input: label, probabilities, face, error ('' when predicted).
+
+        An entry may be an Exception already (e.g. a file that could not be read): it
+        becomes an error row.
+        """
+        rows: list[dict] = [{}] * len(blobs)
+        arrays, where = [], []
+        for i, blob in enumerate(blobs):
+            try:
+                if isinstance(blob, Exception):
+                    raise blob
+                arr, face = self.preprocess(decode_image(blob), face_crop)
+            except Exception as exc:  # noqa: BLE001 - any undecodable input is that row's error
+                rows[i] = error_row(exc)
+                continue
+            rows[i] = {"face": face}
+            arrays.append(arr)
+            where.append(i)
+        if arrays:
+            probs = self.probabilities(np.stack(arrays))
+            for i, p in zip(where, probs, strict=True):
+                rows[i] = {"label": CLASSES[int(np.argmax(p))], **{c: float(v) for c, v in zip(CLASSES, p, strict=True)},
+                           "face": rows[i]["face"], "error": ""}  # fmt: skip
+        return rows
+
+    def predict_frame(self, frame, face_crop: str | None = None):
+        """DataFrame with column ``image`` (base64 strings or bytes) -> the output DataFrame."""
+
+        if "image" not in getattr(frame, "columns", []):
+            raise ValueError(f"model input must have a column 'image' (base64 file bytes); got {list(getattr(frame, 'columns', []))}")
+        blobs: list[bytes | Exception] = []
+        for v in frame["image"].tolist():
+            try:
+                blobs.append(b64_to_bytes(v))
+            except ValueError as exc:
+                blobs.append(exc)
+        return to_frame(self.predict_bytes(blobs, face_crop))
+
+
+def to_frame(rows: list[dict]):
+    """Output DataFrame; with error rows the label/probability columns hold None (JSON null, not NaN)."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
+    if any(r.get("error") for r in rows):
+        for col in ("label", *CLASSES):
+            frame[col] = pd.Series([None if r.get("error") else r[col] for r in rows], dtype=object)
+    return frame
+
+
+def error_row(exc: BaseException) -> dict:
+    text = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc))
+    if type(exc).__name__ == "UnidentifiedImageError":
+        text = "cannot identify image file (corrupt, or not an image format Pillow reads)"
+    msg = f"{type(exc).__name__}: {text}".strip()
+    return {"label": None, **{c: math.nan for c in CLASSES}, "face": "", "error": msg[:500]}
+
+
+def encode_files(paths: Iterable[Path | str]) -> list[str]:
+    return [base64.b64encode(Path(p).read_bytes()).decode("ascii") for p in paths]
+
+
+# ---------------------------------------------------------------- MLflow pyfunc flavour
+class _PyfuncModel:
+    """What ``mlflow.pyfunc.load_model`` wraps: ``predict(DataFrame, params) -> DataFrame``."""
+
+    def __init__(self, predictor: FerPredictor):
+        self.predictor = predictor
+
+    def predict(self, model_input, params: dict[str, Any] | None = None):
+        import pandas as pd
+
+        if isinstance(model_input, dict):
+            model_input = pd.DataFrame(model_input)
+        elif isinstance(model_input, (list, tuple)):
+            model_input = pd.DataFrame({"image": list(model_input)})
+        face_crop = (params or {}).get("face_crop") or None
+        return self.predictor.predict_frame(model_input, face_crop)
+
+
+def _load_pyfunc(data_path: str, model_config: dict | None = None) -> _PyfuncModel:
+    """MLflow loader_module hook: ``data_path`` is the logged model folder."""
+    batch = int((model_config or {}).get("batch_size", 16))
+    return _PyfuncModel(FerPredictor.load(data_path, batch_size=batch))

@@ -1,0 +1,174 @@
+"""final_model stage on generated faces with a random-init ResNet-50 (32 px, CPU-fast)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ferpipe import final_model, foldio, ingest, serving, tracking
+from ferpipe.config import CLASSES, IngestParams
+from ferpipe.weights import random_init_state_dict, save_safetensors
+
+TINY = {"train": {"image_size": 32, "threads": 1, "batch_size": 16}, "ingest": {"image_size": 32}}
+
+
+def make_workspace(root):
+    from conftest import make_image
+
+    codes = ["AN", "DI", "FE", "HA", "NE", "SA", "SU"]
+    i = 0
+    for subj in ["KA", "KL"]:
+        for code in codes:
+            for shot in (1, 2):
+                i += 1
+                make_image(root / "raw" / f"{subj}.{code}{shot}.{i}.tiff", seed=i, size=40, mode="L" if i % 3 else "RGB")
+    ingest.ingest(root / "raw", root / "ing", IngestParams(image_size=32))
+    save_safetensors(random_init_state_dict(), root / "w.safetensors")
+    return root
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    torch.set_num_threads(1)
+    return make_workspace(tmp_path_factory.mktemp("fm"))
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A throw-away MLflow store (never the repo's mlflow.db)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("FERPIPE_MLFLOW_ARTIFACTS", str(tmp_path / "mlartifacts"))
+    monkeypatch.delenv(tracking.PARENT_ENV, raising=False)
+    return tmp_path
+
+
+def raw_params(**final):
+    return {**TINY, "final_model": {"log_mlflow": False, **final}}
+
+
+def test_fuse_head_equals_standardise_project_logreg():
+    from sklearn.linear_model import LogisticRegression
+
+    from ferpipe.train import row_space_projection
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 64)) * rng.uniform(0.1, 5, size=64) + rng.normal(size=64)
+    y = np.arange(40) % len(CLASSES)
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    project = row_space_projection((x - mu) / sd)
+    basis = project(np.eye(64))
+    lr = LogisticRegression(C=0.5, max_iter=2000).fit(((x - mu) / sd) @ basis, y)
+    w, b = final_model.fuse_head(lr.coef_, lr.intercept_, basis, mu, sd)
+    x_new = rng.normal(size=(9, 64))
+    assert np.allclose(x_new @ w.T + b, lr.decision_function(((x_new - mu) / sd) @ basis), atol=1e-8)
+
+
+def write_fold(d, protocol, run, fold, **selected):
+    r = foldio.FoldResult("resnet50_frozen", protocol, run, fold, "h", ["a.png"], [0], [0], extra={"selected": selected})
+    foldio.save_fold(d / "resnet50_frozen", r)
+
+
+def test_choose_c_most_frequent_protocol_then_fallbacks(tmp_path):
+    for k, c in enumerate([1.0, 1.0, 0.1]):
+        write_fold(tmp_path, "stratified", 1, k + 1, C=c)
+    for k, c in enumerate([0.01, 0.1, 0.01, 0.1]):  # tie: the smaller C wins
+        write_fold(tmp_path, "subject", 1, k + 1, C=c)
+    fp = final_model.FinalModelParams
+    assert final_model.choose_c(tmp_path, "resnet50_frozen", fp(c_source="subject"))[0] == 0.01
+    assert final_model.choose_c(tmp_path, "resnet50_frozen", fp(c_source="stratified"))[0] == 1.0
+    c, info = final_model.choose_c(tmp_path, "resnet50_frozen", fp(c_source="any"))
+    assert c == 0.1 and info["counts"] == {"0.01": 2, "0.1": 3, "1.0": 2}
+    assert final_model.choose_c(tmp_path, "resnet50_frozen", fp(c_source="params", head_c=3.0))[0] == 3.0
+    c, info = final_model.choose_c(tmp_path / "none", "resnet50_frozen", fp(head_c=0.2))
+    assert c == 0.2 and info["source"].startswith("params")
+
+
+def test_stage_writes_one_fused_module_that_matches_the_head(ws, tmp_path):
+    for k in range(3):
+        write_fold(tmp_path / "train", "subject", 1, k + 1, C=0.5)
+    out = tmp_path / "final"
+    s = final_model.run_stage(ws / "ing" / "manifest.csv", ws / "w.safetensors", out, raw_params(), tmp_path / "train", None)
+    assert s["C"] == 0.5 and s["choice"]["source"] == "folds:subject"
+    assert s["fusion_max_abs_diff"] < 1e-4 and s["end_to_end_check"]["max_abs_diff_vs_head"] < 1e-3
+    assert sorted(p.name for p in out.iterdir()) == ["final_model_summary.json", "model.json", "model.safetensors"]
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["classes"] == list(CLASSES) and meta["image_size"] == 32 and meta["flip_tta"] == "prob"
+    assert meta["preprocessing"]["face_crop"] == "none" and meta["preprocessing"]["grayscale"] is True
+    net, _ = serving.load_net(out)
+    assert isinstance(net.head, torch.nn.Linear) and net.head.weight.shape == (len(CLASSES), 2048)
+    with torch.no_grad():
+        p = net(torch.rand(3, 3, 32, 32))
+    assert torch.allclose(p.sum(1), torch.ones(3), atol=1e-5)
+    # rerun replaces the folder atomically (no temp folders left behind)
+    final_model.run_stage(ws / "ing" / "manifest.csv", ws / "w.safetensors", out, raw_params(), tmp_path / "train", None)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".final")]
+
+
+def test_finetune_mode_reuses_train_and_saves_logit_tta(ws, tmp_path):
+    raw = raw_params()
+    raw["train"] = {**raw["train"], "mode": "finetune", "epochs": 1, "batch_size": 28, "precision": "fp32"}
+    s = final_model.run_stage(ws / "ing" / "manifest.csv", ws / "w.safetensors", tmp_path / "ft", raw, None, None)
+    assert s["method"] == "resnet50_finetune" and s["selected"]["epochs_run"] == 1
+    pred = serving.FerPredictor.load(tmp_path / "ft")
+    assert pred.meta["flip_tta"] == "logit"
+    rows = pred.predict_bytes([(ws / "ing" / "images" / os.listdir(ws / "ing" / "images")[0]).read_bytes()])
+    assert rows[0]["label"] in CLASSES and abs(sum(rows[0][c] for c in CLASSES) - 1) < 1e-5
+
+
+def test_logged_registered_child_run_and_pyfunc(ws, store, monkeypatch, capsys):
+    import mlflow
+
+    from ferpipe import predict
+
+    parent = tracking.start_parent({"final_model": {"x": 1}}, name="pipeline-test")
+    monkeypatch.setenv(tracking.PARENT_ENV, parent)
+    raw = {**TINY, "final_model": {"registered_model_name": "fer-test", "alias": "champion"}}
+    s = final_model.run_stage(ws / "ing" / "manifest.csv", ws / "w.safetensors", store / "final", raw, None, None)
+    rec = json.loads((store / "final" / "mlflow.json").read_text())
+    assert rec["registered_uri"] == "models:/fer-test@champion" and s["mlflow"]["parent_run_id"] == parent
+    c = tracking.client()
+    run = c.get_run(rec["run_id"])
+    assert run.data.tags[tracking.PARENT_TAG] == parent and run.data.tags["ferpipe.kind"] == "final_model"
+    assert str(c.get_model_version_by_alias("fer-test", "champion").version) == rec["version"]
+
+    model = mlflow.pyfunc.load_model("models:/fer-test@champion")
+    sig = model.metadata.signature
+    assert sig.inputs.input_names() == ["image"] and sig.params.params[0].name == "face_crop"
+    img = (ws / "ing" / "images").iterdir().__next__().read_bytes()
+    out = model.predict(pd.DataFrame({"image": [base64.b64encode(img).decode(), "bm90IGFuIGltYWdl"]}),
+                        params={"face_crop": "haar"})  # fmt: skip
+    assert list(out.columns) == serving.OUTPUT_COLUMNS
+    assert out["label"][0] in CLASSES and abs(sum(out[c][0] for c in CLASSES) - 1) < 1e-5
+    assert out["label"][1] is None and out["error"][1]
+    from urllib.parse import urlparse
+
+    location = c.get_logged_model(rec["model_uri"].split("/")[-1]).artifact_location
+    text = (Path(urlparse(location).path) / "requirements.txt").read_text()
+    assert "torch==" in text and "mlflow==" in text
+
+    # predict CLI through the registry alias
+    rc = predict.main([str(ws / "ing" / "images"), "--model", "models:/fer-test@champion", "--quiet",
+                       "--json", str(store / "p.json")])  # fmt: skip
+    assert rc == 0
+    res = json.loads((store / "p.json").read_text())
+    assert res["n_predicted"] == len(os.listdir(ws / "ing" / "images")) and res["n_failed"] == 0
+
+
+def test_cli_bad_param_names_the_key(ws, tmp_path, capsys):
+    from conftest import REPO, write_params
+
+    params = write_params(tmp_path / "p.yaml", final_model={"c_source": "everything"})
+    rc = final_model.main(["--manifest", str(ws / "ing" / "manifest.csv"), "--weights", str(ws / "w.safetensors"),
+                           "--out", str(tmp_path / "o"), "--params", str(params), "--no-mlflow"])  # fmt: skip
+    assert rc == 2 and "final_model.c_source" in capsys.readouterr().err
+    rc = final_model.main(["--manifest", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "o"), "--no-mlflow",
+                           "--params", str(REPO / "params.yaml")])  # fmt: skip
+    assert rc == 2 and "manifest not found" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
