@@ -9,7 +9,7 @@ export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 export MPLBACKEND := Agg
 
-.PHONY: install run test lint unit smoke paper readme pipeline gate serve predict
+.PHONY: install run test lint unit smoke paper readme pipeline gate serve mlflow-ui
 
 install:  ## create/update .venv from requirements.lock (uv, local wheels when present)
 	bash scripts/setup_env.sh
@@ -17,6 +17,8 @@ install:  ## create/update .venv from requirements.lock (uv, local wheels when p
 run: install  ## the main job: pull the data and run the whole DAG on JAFFE
 	dvc pull
 	dvc repro
+	@cat artifacts/aggregate/resnet50_frozen/stratified/tables.md artifacts/aggregate/resnet50_frozen/subject/tables.md artifacts/compare/compare.md
+	@echo "Report: artifacts/report/report.html   MLflow: make mlflow-ui"
 
 lint: install
 	bash scripts/lint.sh
@@ -46,3 +48,6 @@ gate: install  ## reproduction gate: pull raw data, dvc repro -f + smoke profile
 
 serve: install  ## REST predictions from the registered champion model on 127.0.0.1:5001
 	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} mlflow models serve -m models:/ferpipe-resnet50@champion --env-manager local -h 127.0.0.1 -p 5001
+
+mlflow-ui: install  ## MLflow UI on http://127.0.0.1:5000 (parent run per pipeline run, child per fold)
+	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
