@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -36,11 +37,13 @@ def main() -> None:
         if (root / rel).exists():
             shutil.move(root / rel, aside / rel.replace("/", "_"))
             moved.append(rel)
+    # stage commands say `python`: make it this interpreter (the venv) whatever PATH was
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     rows, total = [], 0.0
     try:
         for stage in stages:
             t0 = time.perf_counter()
-            r = subprocess.run([sys.executable, "-m", "dvc", "repro", "-f", "-s", stage], cwd=root,
+            r = subprocess.run([sys.executable, "-m", "dvc", "repro", "-f", "-s", stage], cwd=root, env=env,
                                capture_output=True, text=True)  # fmt: skip
             dt = time.perf_counter() - t0
             if r.returncode:
