@@ -43,7 +43,7 @@ import torch
 
 from . import config, data, tracking
 from .config import CLASSES, IngestParams, ParamsError, register_section
-from .io import sha256_file, write_json
+from .io import sha256_file, swap_dir, temp_dir_beside, write_json
 from .serving import FACE_CROPS, FerNet, save_model
 from .train import TrainParams, resolve_runtime
 
@@ -197,17 +197,6 @@ def fit_finetune(net: FerNet, images: torch.Tensor, y: np.ndarray, p: TrainParam
 
 
 # ---------------------------------------------------------------- the stage
-def swap_dir(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-
-
 def build_final_model(manifest_path: Path, weights: Path, out: Path, p: TrainParams, ip: IngestParams,
                       fp: FinalModelParams, train_dir: Path | None = config.TRAIN_DIR) -> tuple[Path, dict]:  # fmt: skip
     """Train on every manifest image; write the model folder into a temp dir, return (tmp, summary)."""
@@ -277,11 +266,7 @@ def build_final_model(manifest_path: Path, weights: Path, out: Path, p: TrainPar
                      "manifest_sha256": sha256_file(manifest_path), "weights_sha256": sha256_file(weights),
                      **({"C": info["C"]} if "C" in info else {})},  # fmt: skip
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; an output folder should look like any other
+    tmp = temp_dir_beside(out)
     t0 = time.time()
     save_model(net, meta, tmp)
     timings["save_s"] = time.time() - t0

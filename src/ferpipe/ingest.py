@@ -8,11 +8,8 @@ from __future__ import annotations
 import argparse
 import collections
 import logging
-import os
 import re
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,7 +20,7 @@ from tqdm import tqdm
 
 from . import config
 from .config import CLASSES, IngestParams, load_section
-from .io import write_json
+from .io import atomic_dir, write_json
 from .readers import DatasetError, read_dataset
 
 log = logging.getLogger("ferpipe.ingest")
@@ -116,10 +113,8 @@ def ingest(dataset: Path, out_dir: Path, p: IngestParams, layout: str = "auto") 
         raise DatasetError(f"{dataset}: no images with a label among {list(CLASSES)}")
 
     cropper = FaceCropper(p.face_margin) if p.face_crop == "haar" else None
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     # Build into a sibling temp folder, then swap it in: a crash never leaves half an output.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         (tmp / "images").mkdir()
         rows, names = [], set()
         for rec in tqdm(records, desc="ingest", unit="img", disable=None, mininterval=2):
@@ -152,17 +147,6 @@ def ingest(dataset: Path, out_dir: Path, p: IngestParams, layout: str = "auto") 
             "seconds": round(time.time() - t0, 2),
         }
         write_json(tmp / "ingest_report.json", report)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("ingest: %d images (%s layout), classes %s, dropped %s",
              len(manifest), layout, report["class_counts"], report["dropped_labels"])  # fmt: skip
     return manifest

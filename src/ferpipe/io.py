@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -29,6 +30,43 @@ def atomic_path(path: Path | str, suffix: str | None = None):
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def temp_dir_beside(out: Path | str) -> Path:
+    """A new empty folder next to ``out`` (same file system, so a rename can swap it in)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; an output folder should look like any other
+    return tmp
+
+
+def swap_dir(tmp: Path | str, out: Path | str) -> None:
+    """Put the finished folder ``tmp`` in place of ``out`` by renames (old one removed after)."""
+    out = Path(out)
+    if out.exists():
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+@contextmanager
+def atomic_dir(out: Path | str):
+    """Yield a temp folder; on success it replaces ``out``, on failure it is deleted and
+    ``out`` stays as it was: a crash never leaves half an output folder."""
+    tmp = temp_dir_beside(out)
+    try:
+        yield tmp
+        swap_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

@@ -25,18 +25,15 @@ import html
 import io
 import json
 import logging
-import os
 import platform
 import re
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from . import config, paper, tracking
 from .config import CLASSES
-from .io import write_bytes, write_json, write_text
+from .io import atomic_dir, write_bytes, write_json, write_text
 from .metrics import pm
 
 log = logging.getLogger("ferpipe.report")
@@ -556,29 +553,13 @@ def write_report(inp: Inputs, out: Path) -> dict:
     blocks, figures, info = build(inp)
     title = next(b.text for b in blocks if isinstance(b, Heading))
     page = render_html(blocks, title)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; an output folder should look like any other
-    try:
+    with atomic_dir(out) as tmp:
         write_text(tmp / "report.html", page)
         write_text(tmp / "report.md", render_md(blocks))
         for f in figures:
             write_bytes(tmp / "figures" / f.name, f.png)
         info["html_bytes"] = len(page.encode())
         write_json(tmp / "report.json", info)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return info
 
 
