@@ -9,6 +9,7 @@ one and records its id in its outputs for the later stages.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -22,6 +23,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 EXPERIMENT = os.environ.get("FERPIPE_MLFLOW_EXPERIMENT", "ferpipe")
 PARENT_ENV = "FERPIPE_MLFLOW_PARENT_RUN_ID"
 PARENT_TAG = "mlflow.parentRunId"
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 def tracking_uri() -> str:
@@ -45,7 +47,9 @@ def experiment_id(c, name: str = EXPERIMENT) -> str:
         return exp.experiment_id
     # keep artifacts next to the store, not in whatever folder a stage runs from
     root = Path(os.environ.get("FERPIPE_MLFLOW_ARTIFACTS", Path.cwd() / "mlartifacts")).resolve()
-    return c.create_experiment(name, artifact_location=root.as_uri())
+    # MLflow 3's UI opens an experiment on its GenAI overview unless it is marked as model
+    # training; this project's runs are trainings (fold children under a pipeline parent)
+    return c.create_experiment(name, artifact_location=root.as_uri(), tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
 
 
 def git_commit() -> str:
@@ -97,13 +101,88 @@ def start_parent(params: dict[str, Any], name: str | None = None) -> str:
     return run.info.run_id
 
 
+class ParentRunError(RuntimeError):
+    """The recorded MLflow parent run is not in the current tracking store."""
+
+
 def parent_run_id(recorded: Path | str | None = None) -> str | None:
-    """The orchestrator's parent (env) or the one the train stage recorded."""
+    """The orchestrator's parent (env) or the one recorded in the stage's own inputs.
+
+    A recorded id is used only when it was written for the same tracking store and the
+    run exists there; otherwise None (the caller starts a new parent). An id from the
+    environment that the store does not know is an error naming it.
+    """
     if os.environ.get(PARENT_ENV):
-        return os.environ[PARENT_ENV]
+        rid = os.environ[PARENT_ENV]
+        if not run_exists(rid):
+            raise ParentRunError(f"${PARENT_ENV}={rid}: no such run in the MLflow store {tracking_uri()}")
+        return rid
     if recorded and Path(recorded).exists():
-        return json.loads(Path(recorded).read_text()).get("parent_run_id")
+        rec = json.loads(Path(recorded).read_text())
+        rid, uri = rec.get("parent_run_id"), rec.get("tracking_uri")
+        if rid and (uri in (None, tracking_uri())) and run_exists(rid):
+            return rid
     return None
+
+
+def run_exists(run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client().get_run(run_id)
+        return True
+    except MlflowException:
+        return False
+
+
+def owned_by_orchestrator() -> bool:
+    """A parent passed down by `python -m pipeline` is ended by the flow, not by a stage."""
+    return bool(os.environ.get(PARENT_ENV))
+
+
+@contextlib.contextmanager
+def stage_status(parent_id: str | None, stage: str):
+    """Keep the pipeline's parent run honest while a DVC stage works in it.
+
+    Under `dvc repro` each stage is its own process: the parent is marked RUNNING while
+    a stage logs into it and FINISHED when the stage ends, so after the last stage it
+    is FINISHED with its duration spanning the whole invocation. A failing stage ends it
+    FAILED, Ctrl-C / SIGTERM ends it KILLED, with ``ferpipe.failed_stage`` naming the
+    stage. A parent owned by the orchestrator (env) is left to the orchestrator.
+    """
+    if not parent_id or owned_by_orchestrator():
+        yield
+        return
+    import signal
+
+    from mlflow.entities import RunStatus
+
+    c = client()
+    c.update_run(parent_id, status=RunStatus.to_string(RunStatus.RUNNING))
+
+    def end(status: str) -> None:
+        if status != "FINISHED":
+            c.set_tag(parent_id, "ferpipe.failed_stage", stage)
+        c.set_terminated(parent_id, status)
+
+    def on_signal(signum, frame):
+        end("KILLED")
+        raise SystemExit(128 + signum)
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM,)}
+    try:
+        yield
+    except KeyboardInterrupt:
+        end("KILLED")
+        raise
+    except BaseException as exc:
+        end("KILLED" if isinstance(exc, SystemExit) and exc.code not in (0, None) and exc.code >= 128 else "FAILED")
+        raise
+    else:
+        end("FINISHED")
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def curve_points(curves: dict[str, Any]):

@@ -19,7 +19,6 @@ Folds already finished with the same config are skipped, so a killed run resumes
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
 import logging
@@ -34,11 +33,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import config, data, tracking
+from . import config, data, finetune, runners, tracking
 from .config import CLASSES, ParamsError, register_section
+from .finetune import autocast, to_input
 from .foldio import FoldResult, config_hash, finished_fold, fold_path, save_fold
 from .io import sha256_file, write_json
-from .model import build_resnet50, normalize, replace_head
+from .model import build_resnet50
 
 log = logging.getLogger("ferpipe.train")
 
@@ -60,24 +60,38 @@ class TrainParams:
     head_c_grid: list[float] = dataclasses.field(default_factory=lambda: [0.01, 0.1, 1.0])
     head_max_iter: int = 1000
     flip_features: bool = True
-    # finetune mode
+    # finetune mode (recipe chosen on validation groups: docs/finetune.md)
     epochs: int = 30
-    patience: int = 6
-    lr: float = 0.01
-    momentum: float = 0.9
+    patience: int = 0  # 0 = no early stopping (the best validation epoch is still restored)
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.001  # the new head's rate
+    body_lr_mult: float = 1.0  # pretrained layers train at lr * body_lr_mult
+    warmup_epochs: int = 1
+    momentum: float = 0.9  # sgd only
     weight_decay: float = 1e-4
+    label_smoothing: float = 0.0
+    bn: str = "adapt"  # adapt (re-estimate on train images, then frozen) | frozen (ImageNet stats) | train
+    head_init: str = "probe"  # probe (linear probe first) | random
+    probe_iters: int = 100
+    probe_l2: float = 0.001
+    freeze_stages: int = 0  # 0 = train all; 1 = freeze the stem; 2 = stem + layer1; ...
+    grad_clip: float = 1.0  # max gradient norm, 0 = off
+    augment: bool = True
     augment_shift: float = 0.08  # fraction of the image side
     augment_scale: float = 0.1
     augment_rotate: float = 10.0  # degrees
+    workers: int = 1  # folds trained concurrently in worker processes (a GPU fits several)
     log_mlflow: bool = True
 
     def check(self):
         choices = {"mode": ("frozen", "finetune"), "stride_layout": ("v1", "stock"),
-                   "device": ("auto", "cpu", "cuda"), "precision": ("auto", "bf16", "fp32")}  # fmt: skip
+                   "device": ("auto", "cpu", "cuda"), "precision": ("auto", "bf16", "fp32"),
+                   "optimizer": ("adamw", "sgd"), "bn": ("adapt", "frozen", "train"),
+                   "head_init": ("probe", "random")}  # fmt: skip
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ParamsError(f"params.yaml: train.{key}: expected one of {allowed}, got {getattr(self, key)!r}")
-        for key in ("image_size", "threads", "batch_size", "epochs"):
+        for key in ("image_size", "threads", "batch_size", "epochs", "workers"):
             if getattr(self, key) < 1:
                 raise ParamsError(f"params.yaml: train.{key}: expected a positive integer, got {getattr(self, key)}")
         if not self.head_c_grid or any(c <= 0 for c in self.head_c_grid):
@@ -110,18 +124,9 @@ def resolve_runtime(p: TrainParams) -> tuple[torch.device, torch.dtype | None]:
     return device, torch.bfloat16 if bf16_ok else None
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
-
-
 def fold_seed(base: int, protocol: str, run: int, fold: int) -> int:
     ss = np.random.SeedSequence([base, config.PROTOCOLS.index(protocol), run, fold])
     return int(ss.generate_state(1)[0])
-
-
-def to_input(batch_u8: torch.Tensor, device: torch.device) -> torch.Tensor:
-    x = batch_u8.to(device, non_blocking=True).float().div_(255)
-    return normalize(x).contiguous(memory_format=torch.channels_last)
 
 
 # ---------------------------------------------------------------- frozen mode
@@ -210,101 +215,10 @@ def fit_head(feats: np.ndarray, y: np.ndarray, roles: dict, p: TrainParams, seed
 
 
 # ---------------------------------------------------------------- finetune mode
-def augment(x: torch.Tensor, p: TrainParams, gen: torch.Generator) -> torch.Tensor:
-    """Random flip + per-sample shift/scale/rotation, one affine_grid for the batch."""
-    n = x.shape[0]
-    dev = x.device
-
-    def u(lo, hi):
-        return torch.rand(n, generator=gen).mul(hi - lo).add(lo).to(dev)
-
-    ang = u(-p.augment_rotate, p.augment_rotate) * math.pi / 180
-    scale = u(1 - p.augment_scale, 1 + p.augment_scale)
-    tx, ty = u(-p.augment_shift, p.augment_shift) * 2, u(-p.augment_shift, p.augment_shift) * 2
-    flip = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0).to(dev)
-    cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
-    theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
-    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
-    return torch.nn.functional.grid_sample(x, grid, padding_mode="border", align_corners=False)
-
-
-def train_one_epoch(model, opt, images, y, idx, p, device, dtype, gen) -> float:
-    model.train()
-    perm = idx[torch.randperm(len(idx), generator=gen).numpy()]
-    total, n = 0.0, 0
-    loss_fn = nn.CrossEntropyLoss()
-    for s in range(0, len(perm), p.batch_size):
-        b = perm[s : s + p.batch_size]
-        if len(b) < 2:  # BatchNorm needs more than one sample
-            continue
-        x = augment(to_input(images[b], device), p, gen).contiguous(memory_format=torch.channels_last)
-        t = torch.as_tensor(y[b], device=device)
-        with autocast(device, dtype):
-            loss = loss_fn(model(x), t)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        total += loss.item() * len(b)
-        n += len(b)
-    return total / max(n, 1)
-
-
-@torch.no_grad()
-def evaluate(model, images, y, idx, p, device, dtype) -> tuple[np.ndarray, float]:
-    """-> (softmax probabilities averaged over image + flip, mean cross-entropy)."""
-    model.eval()
-    probs = []
-    for s in range(0, len(idx), p.batch_size):
-        x = to_input(images[idx[s : s + p.batch_size]], device)
-        with autocast(device, dtype):
-            logits = model(x).float() + model(torch.flip(x, dims=[3])).float()
-        probs.append(torch.softmax(logits / 2, 1).cpu().numpy())
-    pr = np.concatenate(probs) if probs else np.zeros((0, len(CLASSES)))
-    loss = float(-np.log(np.clip(pr[np.arange(len(idx)), y[idx]], 1e-12, None)).mean()) if len(idx) else 0.0
-    return pr, loss
-
-
-_MODELS: dict = {}
-
-
-def reusable_model(stride_layout: str, device: torch.device) -> nn.Module:
-    """One ResNet-50 per process: building one (random init) costs about a second."""
-    key = (stride_layout, str(device))
-    if key not in _MODELS:
-        _MODELS[key] = build_resnet50(1000, stride_layout).to(device)
-    return _MODELS[key]
-
-
 def finetune_fold(pretrained: dict, images, y, roles, p: TrainParams, device, dtype, seed: int):
-    model = reusable_model(p.stride_layout, device)  # before seeding: building consumes RNG only once
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    model.fc = nn.Linear(2048, 1000)  # the pretrained head shape, so the state dict loads strictly
-    model.load_state_dict(pretrained)  # re-load the pretrained state per fold instead of re-building
-    replace_head(model, len(CLASSES))  # seeded by torch.manual_seed above
-    model = model.to(device).to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=p.epochs)
-    curves = {"train_loss": [], "val_loss": [], "val_accuracy": []}
-    best, best_state, since = (-1.0, math.inf), None, 0
-    for epoch in range(p.epochs):
-        curves["train_loss"].append(train_one_epoch(model, opt, images, y, roles["train"], p, device, dtype, gen))
-        sched.step()
-        pv, vloss = evaluate(model, images, y, roles["val"], p, device, dtype)
-        vacc = float((pv.argmax(1) == y[roles["val"]]).mean())
-        curves["val_loss"].append(vloss)
-        curves["val_accuracy"].append(vacc)
-        if (vacc, -vloss) > (best[0], -best[1]):
-            best, best_state, since = (vacc, vloss), copy.deepcopy(model.state_dict()), 0
-            best_epoch = epoch + 1
-        else:
-            since += 1
-            if since >= p.patience:
-                break
-    model.load_state_dict(best_state)
-    pt, _ = evaluate(model, images, y, roles["test"], p, device, dtype)
-    info = {"curves": curves, "selected": {"best_epoch": best_epoch, "val_accuracy": best[0],
-                                           "epochs_run": len(curves["val_loss"])}}  # fmt: skip
+    """The paper's method on one fold (ferpipe.finetune): -> (test probabilities, info)."""
+    model, info = finetune.finetune(pretrained, images, y, roles, p, device, dtype, seed, len(CLASSES))
+    pt, _ = finetune.evaluate(model, images, y, roles["test"], p, device, dtype, len(CLASSES))
     return pt, info
 
 
@@ -360,22 +274,30 @@ def compute_fold(ctx: FoldContext, task: FoldTask) -> FoldResult:
     return res
 
 
+def to_device(ctx: FoldContext) -> FoldContext:
+    """Once per process: the uint8 images to the compute device (GPU-resident when there is one)."""
+    device, _ = resolve_runtime(ctx.p)
+    if ctx.images is not None and ctx.images.device != device:
+        ctx = dataclasses.replace(ctx, images=ctx.images.to(device))
+    return ctx
+
+
+def fold_runner(spec: str | None, p: TrainParams):
+    """-> runner(ctx, tasks). ``train.workers`` > 1: worker processes on this machine;
+    ``--runner``/FERPIPE_FOLD_RUNNER 'prefect' or 'dask://host:port': the Prefect fan-out."""
+    if spec and spec != "sequential":
+        from pipeline.fanout import make_runner  # optional: only when fan-out is asked for
+
+        return make_runner(spec)
+    return lambda ctx, tasks: runners.run_processes(ctx, tasks, compute_fold, p.workers, prepare=to_device)
+
+
 def run_sequential(ctx: FoldContext, tasks: list[FoldTask]) -> list[FoldResult]:
-    bar = tqdm(tasks, desc=f"folds ({ctx.method})", unit="fold", disable=None, mininterval=5)
-    return [compute_fold(ctx, t) for t in bar]
-
-
-def fold_runner(spec: str | None):
-    """Sequential unless FERPIPE_FOLD_RUNNER names a Prefect runner ('prefect', 'dask://host:port')."""
-    if not spec or spec == "sequential":
-        return run_sequential
-    from pipeline.fanout import make_runner  # optional: only when fan-out is asked for
-
-    return make_runner(spec)
+    return runners.run_sequential(to_device(ctx), tasks, compute_fold)
 
 
 def run_training(manifest_path: Path, plan_path: Path, weights: Path, out: Path, p: TrainParams,
-                 params_for_log: dict | None = None, runner=None) -> dict:  # fmt: skip
+                 params_for_log: dict | None = None, runner=None, deadline: float | None = None) -> dict:  # fmt: skip
     t_start = time.time()
     device, dtype = resolve_runtime(p)
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
@@ -385,7 +307,7 @@ def run_training(manifest_path: Path, plan_path: Path, weights: Path, out: Path,
     y = data.labels_of(manifest)
     if not weights.exists():
         raise FileNotFoundError(f"{weights}: weights not found (run the weights stage)")
-    cfg = {k: v for k, v in dataclasses.asdict(p).items() if k not in ("log_mlflow", "max_runs", "max_folds")}
+    cfg = {k: v for k, v in dataclasses.asdict(p).items() if k not in ("log_mlflow", "max_runs", "max_folds", "workers")}
     cfg.update(weights_sha256=sha256_file(weights), manifest_sha256=sha256_file(manifest_path),
                torch=torch.__version__, device=device.type, dtype=str(dtype))
     ctx = FoldContext(p, p.method, config_hash(cfg), out / p.method, manifest["path"].tolist(), y)
@@ -396,7 +318,7 @@ def run_training(manifest_path: Path, plan_path: Path, weights: Path, out: Path,
     timings["load_images_s"] = time.time() - t0
     from safetensors.torch import load_file
 
-    pretrained = load_file(str(weights))
+    pretrained = {k: v.float() for k, v in load_file(str(weights)).items()}  # an fp16 copy is upcast
     if p.mode == "frozen":
         t0 = time.time()
         key = {k: cfg[k] for k in ("image_size", "stride_layout", "threads", "flip_features",
@@ -422,7 +344,11 @@ def run_training(manifest_path: Path, plan_path: Path, weights: Path, out: Path,
     if done:
         log.info("train: resuming, %d fold(s) already finished, %d to go", len(done), len(todo))
     t0 = time.time()
-    new = (runner or run_sequential)(ctx, todo) if todo else []
+    if deadline is not None:  # the GPU check: no new fold after the deadline (whole runs are queued first)
+        new = runners.run_processes(ctx, todo, compute_fold, p.workers, prepare=to_device, deadline=deadline)
+    else:
+        new = (runner or run_sequential)(ctx, todo) if todo else []
+    new = [r for r in new if r is not None]
     timings["folds_s"] = time.time() - t0
     done = sorted(done + list(new), key=lambda r: (r.protocol, r.run, r.fold))
     # fold files from an older plan (e.g. more runs) would be read by aggregate: remove them
@@ -442,7 +368,7 @@ def run_training(manifest_path: Path, plan_path: Path, weights: Path, out: Path,
     timings["total_s"] = time.time() - t_start
     summary = {
         "method": p.method, "config_hash": ctx.chash, "config": cfg,
-        "n_folds": len(done), "n_computed": len(new), "n_resumed": len(done) - len(new),
+        "n_folds": len(done), "n_folds_planned": len(done) - len(new) + len(todo), "n_computed": len(new), "n_resumed": len(done) - len(new),
         "mean_fold_accuracy": {proto: float(np.mean([r.accuracy for r in done if r.protocol == proto]))
                                for proto in sorted({r.protocol for r in done})},
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
@@ -471,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         raw = config.read_params_files(args.params)
         p = config.parse_section("train", raw.get("train"), TrainParams)
-        runner = fold_runner(args.runner or os.environ.get("FERPIPE_FOLD_RUNNER"))
+        runner = fold_runner(args.runner or os.environ.get("FERPIPE_FOLD_RUNNER"), p)
         summary = run_training(args.manifest, args.plan, args.weights, args.out, p, params_for_log=raw, runner=runner)
     except (ParamsError, FileNotFoundError, ValueError) as exc:
         print(f"train: error: {exc}", file=sys.stderr)
