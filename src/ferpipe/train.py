@@ -64,7 +64,7 @@ class TrainParams:
     epochs: int = 30
     patience: int = 0  # 0 = no early stopping (the best validation epoch is still restored)
     optimizer: str = "sgd"  # sgd | adamw
-    lr: float = 0.001  # the new head's rate
+    lr: float = 0.01  # the new head's rate
     body_lr_mult: float = 1.0  # pretrained layers train at lr * body_lr_mult
     warmup_epochs: int = 1
     momentum: float = 0.9  # sgd only
