@@ -9,15 +9,15 @@ export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 export MPLBACKEND := Agg
 
-.PHONY: install run test lint unit smoke paper readme pipeline gate serve mlflow-ui
+.PHONY: install run test lint unit gpu-check readme pipeline gate reproduce serve mlflow-ui
 
 install:  ## create/update .venv from requirements.lock (uv, local wheels when present)
 	bash scripts/setup_env.sh
 
 run: install  ## the main job: pull the data and run the whole DAG on JAFFE
-	dvc pull
+	dvc pull --allow-missing  # the raw data; stage outputs only where the remote has them (else dvc repro computes them)
 	dvc repro
-	@cat artifacts/aggregate/resnet50_frozen/stratified/tables.md artifacts/aggregate/resnet50_frozen/subject/tables.md artifacts/compare/compare.md
+	@cat artifacts/aggregate/resnet50_*/stratified/tables.md artifacts/aggregate/resnet50_*/subject/tables.md artifacts/compare/compare.md
 	@echo "Report: artifacts/report/report.html   MLflow: make mlflow-ui"
 
 lint: install
@@ -29,13 +29,9 @@ unit: install  ## fast tests only (no real data, no model)
 test: install lint  ## lint + the whole test suite (unit + integration on ../shared)
 	python -m pytest -q
 
-smoke: install  ## finetune smoke profile on CPU (needs the split + weights outputs of `make run`)
+gpu-check: install  ## the paper's fine-tuning protocol on a GPU, timed (scripts/gpu_check.sh; needs the split + weights outputs)
 	dvc repro split weights
-	python -m ferpipe.profile smoke
-
-paper: install  ## the paper's method: full fine-tuning at 224 px, 10 runs x 10 folds (a GPU job)
-	dvc repro split weights
-	python -m ferpipe.profile paper
+	bash scripts/gpu_check.sh
 
 readme: install  ## regenerate the README results block from metrics/*.json
 	python -m ferpipe.readme
@@ -43,11 +39,15 @@ readme: install  ## regenerate the README results block from metrics/*.json
 pipeline: install  ## the DAG through Prefect: retries, stage timings, one MLflow parent, results artifact (DASK=host:8786 fans train's folds out)
 	python -m pipeline $(if $(DASK),--dask-address $(DASK))
 
-gate: install  ## reproduction gate: pull raw data, dvc repro -f + smoke profile, compare with the committed metrics
-	python -m pipeline.reproduce --pull --profiles smoke
+gate: install  ## CI gate: the metrics `make run` just computed against the committed ones (no recomputation)
+	python -m pipeline.reproduce --workspace
+
+reproduce: install  ## full reproduction: pull raw data, dvc repro -f, compare with the committed metrics
+	python -m pipeline.reproduce --pull
 
 serve: install  ## REST predictions from the registered champion model on 127.0.0.1:5001
 	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} mlflow models serve -m models:/ferpipe-resnet50@champion --env-manager local -h 127.0.0.1 -p 5001
 
 mlflow-ui: install  ## MLflow UI on http://127.0.0.1:5000 (parent run per pipeline run, child per fold)
+	@echo "open http://127.0.0.1:5000/#/experiments/$$(python -c 'from ferpipe import tracking as t; c = t.client(); print(t.experiment_id(c))')?workflowType=machine_learning"
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000

@@ -122,7 +122,8 @@ def main(argv=None) -> int:
     seen = sum(r.extra.get("train_images_seen", 0) for r in results)
     plan = train.data.read_plan(args.plan)
     n_runs_plan, n_groups = int(plan["run"].max()), int(plan["fold"].max())
-    out = {"method": p.method, "protocols": {}, "config": summary["config"], "recipe_selection": chosen}
+    # the aggregate stage's format ({method: {protocol: summary}}) plus provenance keys
+    out = {p.method: {}, "config": summary["config"], "recipe_selection": chosen}
     for protocol in sorted({r.protocol for r in results}):
         by_run: dict[int, list] = {}
         for r in results:
@@ -134,7 +135,7 @@ def main(argv=None) -> int:
         s = metrics.summarize({run: metrics.run_matrix([r.confusion_matrix for r in rs]) for run, rs in complete.items()})
         s["n_runs"] = len(complete)
         s["n_runs_planned"] = n_runs_plan
-        out["protocols"][protocol] = s
+        out[p.method][protocol] = s
     util = sampler.mean_util(t0, t1)
     out["timing"] = {"wall_s": round(wall, 1), "train_images_seen": seen, "images_per_s": round(seen / wall, 1),
                      "gpu_util_mean_pct": util, "workers": args.workers, "budget_s": args.budget_s,
@@ -150,7 +151,7 @@ def main(argv=None) -> int:
     print(f"\ngpu_check: {len(results)}/{summary['n_folds_planned']} folds in {wall:.0f} s, "
           f"{seen / wall:.0f} train images/s, mean GPU utilisation {util if util is None else round(util)} %")
     print("| protocol | complete runs | OA mean ± std (%) | grand OA (%) |\n|---|---|---|---|")
-    for protocol, s in out["protocols"].items():
+    for protocol, s in out[p.method].items():
         print(f"| {protocol} | {s['n_runs']}/{n_runs_plan} | {metrics.pm(s['oa_mean'], s['oa_std'])} | {s['grand_oa']:.2f} |")
     return 0
 

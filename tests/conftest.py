@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,23 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_mlflow_store(tmp_path_factory):
+    """No test writes the user's tracking store: every test (and every subprocess it starts,
+    which inherits the environment) logs to a throw-away store unless it sets its own."""
+    root = tmp_path_factory.mktemp("mlflow-session")
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "FERPIPE_MLFLOW_ARTIFACTS", "FERPIPE_MLFLOW_PARENT_RUN_ID")}
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
+    os.environ["FERPIPE_MLFLOW_ARTIFACTS"] = str(root / "mlartifacts")
+    os.environ.pop("FERPIPE_MLFLOW_PARENT_RUN_ID", None)
+    yield root
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 SHARED_JAFFE = REPO.parent / "shared" / "data" / "jaffe"
 
 
@@ -59,3 +78,37 @@ def jaffe_like(tmp_path) -> Path:
 
 def jaffe_available() -> bool:
     return SHARED_JAFFE.is_dir() and len(list(SHARED_JAFFE.glob("*.tiff"))) == 213
+
+
+# ---------------------------------------------------------------- headless Chromium
+@pytest.fixture(scope="session")
+def chromium():
+    """The chromium binary; installed with apt-get when missing (skips only without apt-get)."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe:
+        return exe
+    if not shutil.which("apt-get"):
+        pytest.skip("chromium is not installed and apt-get is not available to install it "
+                    "(install chromium or chromium-browser to run this test)")  # fmt: skip
+    sudo = [] if os.geteuid() == 0 else (["sudo", "-n"] if shutil.which("sudo") else None)
+    if sudo is None:
+        pytest.skip("chromium is not installed and apt-get needs root (no sudo): apt-get install -y chromium")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    cmd = [*sudo, "apt-get", "install", "-y", "-q", "chromium", "chromium-driver"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
+    if r.returncode != 0:  # stale package lists: update once, retry
+        subprocess.run([*sudo, "apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
+    exe = shutil.which("chromium")
+    assert exe, f"apt-get install chromium failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
+    return exe
+
+
+def run_chromium(exe, tmp_path, *args):
+    profile = tmp_path / "chrome-profile"
+    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
+           f"--user-data-dir={profile}", *args]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r

@@ -5,13 +5,11 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import re
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
+from conftest import run_chromium
 from PIL import Image
 
 from ferpipe import aggregate, foldio, paper, report, tracking
@@ -150,39 +148,6 @@ def test_cli_logs_to_the_parent_run_and_fails_cleanly(inputs, tmp_path, monkeypa
 
 
 # ---------------------------------------------------------------- headless Chromium
-@pytest.fixture(scope="session")
-def chromium():
-    """The chromium binary; installed with apt-get when missing (skips only without apt-get)."""
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    if exe:
-        return exe
-    if not shutil.which("apt-get"):
-        pytest.skip("chromium is not installed and apt-get is not available to install it "
-                    "(install chromium or chromium-browser to run this test)")  # fmt: skip
-    sudo = [] if os.geteuid() == 0 else (["sudo", "-n"] if shutil.which("sudo") else None)
-    if sudo is None:
-        pytest.skip("chromium is not installed and apt-get needs root (no sudo): apt-get install -y chromium")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    cmd = [*sudo, "apt-get", "install", "-y", "-q", "chromium", "chromium-driver"]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
-    if r.returncode != 0:  # stale package lists: update once, retry
-        subprocess.run([*sudo, "apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
-        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
-    exe = shutil.which("chromium")
-    assert exe, f"apt-get install chromium failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
-    return exe
-
-
-def run_chromium(exe, tmp_path, *args):
-    profile = tmp_path / "chrome-profile"
-    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
-           f"--user-data-dir={profile}", *args]  # fmt: skip
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return r
-
-
 CHECK = """<script>
 window.addEventListener('load', function () {
   var imgs = Array.prototype.slice.call(document.images);

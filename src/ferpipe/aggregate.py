@@ -162,6 +162,18 @@ def aggregate(results_dirs: list[Path], out: Path, metrics_path: Path, make_plot
     return metrics
 
 
+def log_untracked_folds(parent: str, results_dirs: list[Path]) -> None:
+    """Fold runs of result folders that log nothing themselves (the baselines) as children of
+    the pipeline's parent: one parent then holds every method's folds of this invocation."""
+    for d in results_dirs:
+        if (d / "mlflow.json").exists() or not d.exists():
+            continue  # that stage logged its own folds
+        for method_dir in sorted(p for p in d.iterdir() if p.is_dir()):
+            folds = [r for proto in config.PROTOCOLS for r in load_results(method_dir, proto)]
+            if folds:
+                tracking.log_fold_runs(parent, folds, {"method": method_dir.name, "results": str(method_dir)})
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--results", type=Path, nargs="+", default=[config.TRAIN_DIR, config.BASELINES_DIR],
@@ -170,19 +182,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--metrics", type=Path, default=config.METRICS_DIR / "metrics.json",
                     help="small metrics JSON committed to git for `dvc metrics diff` and the CI gate")
     ap.add_argument("--no-plots", action="store_true", help="skip the PNG plots (faster)")
-    ap.add_argument("--mlflow-record", type=Path, default=config.TRAIN_DIR / "mlflow.json",
-                    help="where the train stage recorded its MLflow parent run (final metrics go there)")
+    ap.add_argument("--mlflow-record", type=Path,
+                    help="the MLflow parent record (default: the first mlflow.json among the --results folders, "
+                    "as the train stage writes it); final metrics and the baselines' fold runs go there")
+    ap.add_argument("--no-mlflow", action="store_true", help="log nothing to MLflow")
     args = ap.parse_args(argv)
+    record = args.mlflow_record or next((r / "mlflow.json" for r in args.results if (r / "mlflow.json").exists()), None)
     try:
-        metrics = aggregate(args.results, args.out, args.metrics, make_plots=not args.no_plots)
-    except (FileNotFoundError, ValueError) as exc:
+        parent = None if args.no_mlflow else tracking.parent_run_id(record)
+    except tracking.ParentRunError as exc:
         print(f"aggregate: error: {exc}", file=sys.stderr)
         return 2
-    parent = tracking.parent_run_id(args.mlflow_record)
-    if parent:
-        flat = {f"{m}.{p}.{k}": v for m, ps in metrics.items() for p, d in ps.items()
-                for k, v in d.items() if isinstance(v, float)}  # fmt: skip
-        tracking.log_parent_results(parent, flat, [args.out / "results.md", args.metrics])
+    with tracking.stage_status(parent, "aggregate") as status:
+        try:
+            metrics = aggregate(args.results, args.out, args.metrics, make_plots=not args.no_plots)
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"aggregate: error: {exc}", file=sys.stderr)
+            status.fail()
+            return 2
+        if parent:
+            flat = {f"{m}.{p}.{k}": v for m, ps in metrics.items() for p, d in ps.items()
+                    for k, v in d.items() if isinstance(v, float)}  # fmt: skip
+            tracking.log_parent_results(parent, flat, [args.out / "results.md", args.metrics])
+            log_untracked_folds(parent, args.results)
     print((args.out / "results.md").read_text().split("\n\n###")[0])
     return 0
 

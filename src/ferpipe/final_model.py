@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import config, data, tracking
+from . import config, data, finetune, tracking
 from .config import CLASSES, IngestParams, ParamsError, register_section
 from .io import sha256_file, swap_dir, temp_dir_beside, write_json
 from .serving import FACE_CROPS, FerNet, save_model
@@ -181,18 +181,17 @@ def fit_frozen(net: FerNet, images: torch.Tensor, y: np.ndarray, p: TrainParams,
 
 def fit_finetune(net: FerNet, images: torch.Tensor, y: np.ndarray, p: TrainParams, pretrained: dict,
                  device, dtype) -> dict:  # fmt: skip
-    """``train.finetune_fold`` with every image training (and selecting the checkpoint)."""
-    from . import train
-
+    """The folds' recipe on every image, for ``p.epochs`` epochs (the caller passes the folds'
+    median best epoch). No validation role: nothing is selected on the training images."""
     t0 = time.time()
     every = np.arange(len(y), dtype=np.int64)
-    roles = {"train": every, "val": every, "test": np.zeros(0, dtype=np.int64)}
-    _, info = train.finetune_fold(pretrained, images, y, roles, p, device, dtype, p.seed)
-    model = train.reusable_model(p.stride_layout, device)  # holds the selected checkpoint
+    model, info = finetune.finetune(pretrained, images.to(device), y, {"train": every}, p, device, dtype, p.seed,
+                                    len(CLASSES))  # fmt: skip
+    pr, _ = finetune.evaluate(model, images.to(device), y, every, p, device, dtype, len(CLASSES))
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     net.backbone.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")}, strict=True)
     net.head.load_state_dict({"weight": state["fc.weight"], "bias": state["fc.bias"]})
-    return {"train_accuracy": info["selected"]["val_accuracy"], "curves": info["curves"],
+    return {"train_accuracy": float((pr.argmax(1) == y).mean()), "curves": info["curves"],
             "selected": info["selected"], "timings": {"finetune_s": time.time() - t0}}  # fmt: skip
 
 
@@ -399,7 +398,8 @@ def run_stage(manifest: Path, weights: Path, out: Path, raw_params: dict, train_
         meta = json.loads((tmp / "model.json").read_text())
         if fp.log_mlflow:
             parent = tracking.parent_run_id(mlflow_record)
-            record = log_to_mlflow(tmp, meta, summary, fp, parent, raw_params)
+            with tracking.stage_status(parent, "final_model"):
+                record = log_to_mlflow(tmp, meta, summary, fp, parent, raw_params)
             summary["mlflow"] = record
             summary["timings_s"]["mlflow_s"] = record["log_seconds"]
             write_json(tmp / "mlflow.json", record)
@@ -430,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.no_mlflow:
             raw["final_model"] = {**(raw.get("final_model") or {}), "log_mlflow": False}
         summary = run_stage(args.manifest, args.weights, args.out, raw, args.train_results, args.mlflow_record)
-    except (ParamsError, FileNotFoundError, ValueError) as exc:
+    except (ParamsError, FileNotFoundError, ValueError, tracking.ParentRunError) as exc:
         print(f"final_model: error: {exc}", file=sys.stderr)
         return 2
     keys = ("method", "C", "train_accuracy", "fusion_max_abs_diff", "choice", "timings_s")

@@ -593,11 +593,12 @@ def main(argv: list[str] | None = None) -> int:
                  args.train_summary, args.final_model, list(args.params), args.data_dvc, args.mlflow_record)  # fmt: skip
     try:
         info = write_report(inp, args.out)
-    except (FileNotFoundError, config.ParamsError) as exc:
+    except (FileNotFoundError, config.ParamsError, tracking.ParentRunError) as exc:
         print(f"report: error: {exc}", file=sys.stderr)
         return 2
     if info.get("mlflow_parent_run_id") and not args.no_mlflow:
-        log_report(info["mlflow_parent_run_id"], args.out)
+        with tracking.stage_status(info["mlflow_parent_run_id"], "report"):
+            log_report(info["mlflow_parent_run_id"], args.out)
     print(f"report: {args.out / 'report.html'} ({info['html_bytes'] / 1e6:.2f} MB, {info['n_figures']} figures, "
           f"compare {'included' if info['compare_included'] else 'absent'})")  # fmt: skip
     return 0

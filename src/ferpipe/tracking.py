@@ -44,6 +44,8 @@ def client():
 def experiment_id(c, name: str = EXPERIMENT) -> str:
     exp = c.get_experiment_by_name(name)
     if exp is not None:
+        if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # stores made before the tag existed
+            c.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return exp.experiment_id
     # keep artifacts next to the store, not in whatever folder a stage runs from
     root = Path(os.environ.get("FERPIPE_MLFLOW_ARTIFACTS", Path.cwd() / "mlartifacts")).resolve()
@@ -140,49 +142,58 @@ def owned_by_orchestrator() -> bool:
     return bool(os.environ.get(PARENT_ENV))
 
 
+class StageStatus:
+    """What a stage tells the parent run at its end (see :func:`stage_status`)."""
+
+    def __init__(self, parent_id: str | None):
+        self.parent_id = parent_id
+        self.failed = False
+
+    def fail(self) -> None:
+        self.failed = True
+
+
 @contextlib.contextmanager
 def stage_status(parent_id: str | None, stage: str):
-    """Keep the pipeline's parent run honest while a DVC stage works in it.
+    """End the pipeline's parent run honestly after a DVC stage worked in it.
 
-    Under `dvc repro` each stage is its own process: the parent is marked RUNNING while
-    a stage logs into it and FINISHED when the stage ends, so after the last stage it
-    is FINISHED with its duration spanning the whole invocation. A failing stage ends it
-    FAILED, Ctrl-C / SIGTERM ends it KILLED, with ``ferpipe.failed_stage`` naming the
-    stage. A parent owned by the orchestrator (env) is left to the orchestrator.
+    Under `dvc repro` every stage is its own process and nothing runs after the last
+    one, so the parent is never left RUNNING: each stage that logs into it ends it again
+    (``set_terminated`` moves its end time, so the duration spans the whole invocation).
+    FINISHED when the stage succeeds; FAILED when it raises or calls ``status.fail()``;
+    KILLED on Ctrl-C or SIGTERM; ``ferpipe.failed_stage`` names the stage. A parent owned
+    by the orchestrator (`python -m pipeline`, via the environment) is ended by it instead.
+    Set ``status.parent_id`` inside the block when the stage creates the parent itself.
     """
-    if not parent_id or owned_by_orchestrator():
-        yield
-        return
     import signal
 
-    from mlflow.entities import RunStatus
+    status = StageStatus(parent_id)
 
-    c = client()
-    c.update_run(parent_id, status=RunStatus.to_string(RunStatus.RUNNING))
+    def end(state: str) -> None:
+        if not status.parent_id or owned_by_orchestrator():
+            return
+        c = client()
+        c.set_tag(status.parent_id, "ferpipe.last_stage", stage)
+        if state != "FINISHED":
+            c.set_tag(status.parent_id, "ferpipe.failed_stage", stage)
+        c.set_terminated(status.parent_id, state)
 
-    def end(status: str) -> None:
-        if status != "FINISHED":
-            c.set_tag(parent_id, "ferpipe.failed_stage", stage)
-        c.set_terminated(parent_id, status)
+    def on_sigterm(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
 
-    def on_signal(signum, frame):
-        end("KILLED")
-        raise SystemExit(128 + signum)
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM,)}
+    old = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        yield
+        yield status
     except KeyboardInterrupt:
         end("KILLED")
         raise
-    except BaseException as exc:
-        end("KILLED" if isinstance(exc, SystemExit) and exc.code not in (0, None) and exc.code >= 128 else "FAILED")
+    except BaseException:
+        end("FAILED")
         raise
     else:
-        end("FINISHED")
+        end("FAILED" if status.failed else "FINISHED")
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+        signal.signal(signal.SIGTERM, old)
 
 
 def curve_points(curves: dict[str, Any]):

@@ -282,14 +282,16 @@ def to_device(ctx: FoldContext) -> FoldContext:
     return ctx
 
 
-def fold_runner(spec: str | None, p: TrainParams):
-    """-> runner(ctx, tasks). ``train.workers`` > 1: worker processes on this machine;
-    ``--runner``/FERPIPE_FOLD_RUNNER 'prefect' or 'dask://host:port': the Prefect fan-out."""
+def fold_runner(spec: str | None, p: TrainParams | None = None):
+    """-> runner(ctx, tasks): sequential; worker processes on this machine when
+    ``train.workers`` > 1; or, given 'prefect' / 'dask://host:port', the Prefect fan-out."""
     if spec and spec != "sequential":
         from pipeline.fanout import make_runner  # optional: only when fan-out is asked for
 
         return make_runner(spec)
-    return lambda ctx, tasks: runners.run_processes(ctx, tasks, compute_fold, p.workers, prepare=to_device)
+    if p is not None and p.workers > 1:
+        return lambda ctx, tasks: runners.run_processes(ctx, tasks, compute_fold, p.workers, prepare=to_device)
+    return run_sequential
 
 
 def run_sequential(ctx: FoldContext, tasks: list[FoldTask]) -> list[FoldResult]:
@@ -361,8 +363,11 @@ def run_training(manifest_path: Path, plan_path: Path, weights: Path, out: Path,
     parent = None
     if p.log_mlflow:
         t0 = time.time()
-        parent = tracking.parent_run_id() or tracking.start_parent(params_for_log or {"train": cfg})
-        tracking.log_fold_runs(parent, done, cfg)
+        with tracking.stage_status(None, "train") as status:
+            # a new parent per invocation (one from the orchestrator's environment if given)
+            parent = tracking.parent_run_id() or tracking.start_parent(params_for_log or {"train": cfg})
+            status.parent_id = parent
+            tracking.log_fold_runs(parent, done, cfg)
         mlflow_s = time.time() - t0
     timings["mlflow_s"] = mlflow_s
     timings["total_s"] = time.time() - t_start

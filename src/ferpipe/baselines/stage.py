@@ -421,7 +421,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", type=Path, nargs="+", default=[config.PARAMS_FILE],
                     help="params file(s) with an optional 'baselines' section (missing -> defaults); "
                          "later files override keys of earlier ones")  # fmt: skip
-    ap.add_argument("--no-mlflow", action="store_true", help="do not log the folds to MLflow")
+    ap.add_argument("--mlflow", action="store_true",
+                    help="log the folds under a parent run of their own (in the DAG the aggregate stage logs them "
+                    "under the pipeline's parent instead)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -434,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
                  "oa": {pr: f"{v['oa_run_mean']:.2f} ± {v['oa_run_std']:.2f}" for pr, v in s["protocols"].items()}}
              for m, s in summary["methods"].items()}  # fmt: skip
     print(json.dumps({"baselines": brief, "total_s": summary["total_s"]}))
-    if not args.no_mlflow:
+    if args.mlflow:
         log_to_mlflow(args.out, p)
     return 0
 
@@ -447,11 +449,11 @@ def log_to_mlflow(out: Path, p) -> None:
     from ..foldio import load_results
 
     t0 = _time.time()
-    parent = tracking.parent_run_id(config.TRAIN_DIR / "mlflow.json")
-    if parent is None:  # run alone: a parent of its own
-        parent = tracking.start_parent({"baselines": dataclasses.asdict(p)}, name="baselines")
-    folds = [r for m in p.methods for proto in config.PROTOCOLS for r in load_results(out / m, proto)]
-    n = tracking.log_fold_runs(parent, folds, {"baselines": dataclasses.asdict(p)})
+    with tracking.stage_status(None, "baselines") as status:
+        parent = tracking.parent_run_id() or tracking.start_parent({"baselines": dataclasses.asdict(p)}, name="baselines")
+        status.parent_id = parent
+        folds = [r for m in p.methods for proto in config.PROTOCOLS for r in load_results(out / m, proto)]
+        n = tracking.log_fold_runs(parent, folds, {"baselines": dataclasses.asdict(p)})
     log.info("baselines: logged %d fold runs to MLflow parent %s in %.1f s", n, parent, _time.time() - t0)
 
 
