@@ -36,6 +36,15 @@ def private_mlflow_store(tmp_path_factory):
 SHARED_JAFFE = REPO.parent / "shared" / "data" / "jaffe"
 
 
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A throw-away MLflow store of the test's own (never the repo's mlflow.db), no parent."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("FERPIPE_MLFLOW_ARTIFACTS", str(tmp_path / "mlartifacts"))
+    monkeypatch.delenv("FERPIPE_MLFLOW_PARENT_RUN_ID", raising=False)
+    return tmp_path
+
+
 def make_image(path: Path, seed: int, size: int = 40, mode: str = "L") -> Path:
     """A small distinct gray/colour image; seed makes its bytes unique."""
     rng = np.random.default_rng(seed)

@@ -40,15 +40,6 @@ def ws(tmp_path_factory):
     return make_workspace(tmp_path_factory.mktemp("fm"))
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    """A throw-away MLflow store (never the repo's mlflow.db)."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setenv("FERPIPE_MLFLOW_ARTIFACTS", str(tmp_path / "mlartifacts"))
-    monkeypatch.delenv(tracking.PARENT_ENV, raising=False)
-    return tmp_path
-
-
 def raw_params(**final):
     return {**TINY, "final_model": {"log_mlflow": False, **final}}
 

@@ -7,14 +7,6 @@ import pytest
 from ferpipe import tracking
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setenv("FERPIPE_MLFLOW_ARTIFACTS", str(tmp_path / "art"))
-    monkeypatch.delenv(tracking.PARENT_ENV, raising=False)
-    return tmp_path
-
-
 def status_of(run_id):
     run = tracking.client().get_run(run_id)
     return run.info.status, run.data.tags, run.info.end_time
