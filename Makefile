@@ -16,7 +16,7 @@ install:  ## create/update .venv from requirements.lock (uv, local wheels when p
 
 run: install  ## the main job: pull the data and run the whole DAG on JAFFE
 	dvc pull --allow-missing  # the raw data; stage outputs only where the remote has them (else dvc repro computes them)
-	dvc repro
+	@start=$$(date +%s); dvc repro && echo "== dvc repro: $$(( $$(date +%s) - start )) s wall"
 	@cat artifacts/aggregate/resnet50_*/stratified/tables.md artifacts/aggregate/resnet50_*/subject/tables.md artifacts/compare/compare.md
 	@echo "Report: artifacts/report/report.html   MLflow: make mlflow-ui"
 

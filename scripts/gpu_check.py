@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     util = sampler.mean_util(t0, t1)
     out["timing"] = {"wall_s": round(wall, 1), "train_images_seen": seen, "images_per_s": round(seen / wall, 1),
                      "gpu_util_mean_pct": util, "workers": args.workers, "budget_s": args.budget_s,
-                     "folds_done": len(results), "folds_planned": summary["n_folds_planned"]}  # fmt: skip
+                     "folds_done": len(results), "folds_planned": summary["run"]["n_folds_planned"]}  # fmt: skip
     prov = json.loads(args.provenance.read_text()) if args.provenance and args.provenance.exists() else {}
     prov.update(gpu=gpu, torch=torch.__version__, python=platform.python_version(), cpu_cores=os.cpu_count(),
                 date_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))  # fmt: skip
@@ -148,7 +148,7 @@ def main(argv=None) -> int:
     args.metrics.write_text(json.dumps(out, indent=1))
     with tarfile.open(args.out / "folds.tar.gz", "w:gz") as tar:
         tar.add(args.out / p.method, arcname=p.method)
-    print(f"\ngpu_check: {len(results)}/{summary['n_folds_planned']} folds in {wall:.0f} s, "
+    print(f"\ngpu_check: {len(results)}/{summary['run']['n_folds_planned']} folds in {wall:.0f} s, "
           f"{seen / wall:.0f} train images/s, mean GPU utilisation {util if util is None else round(util)} %")
     print("| protocol | complete runs | OA mean ± std (%) | grand OA (%) |\n|---|---|---|---|")
     for protocol, s in out[p.method].items():

@@ -247,7 +247,7 @@ def test_stage_end_to_end_beats_chance_and_resumes(synthetic, tmp_path, capsys):
             assert acc > 0.6, (method, protocol, acc)  # chance is 1/7
             s = summary["methods"][method]["protocols"][protocol]
             assert s["n_folds"] == 3 and s["oa_run_mean"] == pytest.approx(100 * acc, abs=1.0)
-        assert summary["methods"][method]["n_computed"] == 6
+        assert json.loads((out / "run.json").read_text())["methods"][method]["n_computed"] == 6  # the run record
         assert summary["methods"][method]["description"] == DESCRIPTION[method]
     fold = load_fold(out / "bbo" / "subject" / "run01_fold02.json")
     assert fold.extra["selected"]["hidden"] == 8 and len(fold.probabilities[0]) == len(CLASSES)
@@ -256,7 +256,7 @@ def test_stage_end_to_end_beats_chance_and_resumes(synthetic, tmp_path, capsys):
     # rerun: everything resumed, nothing rewritten
     capsys.readouterr()
     assert main(_argv(synthetic, out)) == 0
-    again = json.loads((out / "baselines_summary.json").read_text())
+    again = json.loads((out / "run.json").read_text())
     assert all(again["methods"][m]["n_resumed"] == 6 and again["methods"][m]["n_computed"] == 0 for m in METHODS)
     assert {f: f.stat().st_mtime_ns for f in out.glob("*/*/*.json")} == mtimes
 
@@ -265,7 +265,7 @@ def test_stage_end_to_end_beats_chance_and_resumes(synthetic, tmp_path, capsys):
     changed = tmp_path / "changed.yaml"
     changed.write_text(params.read_text().replace("bbo_iters: 120", "bbo_iters: 121"))
     assert main(_argv(synthetic, out, changed)) == 0
-    third = json.loads((out / "baselines_summary.json").read_text())
+    third = json.loads((out / "run.json").read_text())
     assert third["methods"]["bbo"]["n_computed"] == 6
     assert third["methods"]["cso"]["n_computed"] == 0 and third["methods"]["hwt"]["n_computed"] == 0
 

@@ -47,18 +47,17 @@ def raw_params(**final):
 def test_fuse_head_equals_standardise_project_logreg():
     from sklearn.linear_model import LogisticRegression
 
-    from ferpipe.train import row_space_projection
+    from ferpipe.heads import RowSpace
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 64)) * rng.uniform(0.1, 5, size=64) + rng.normal(size=64)
     y = np.arange(40) % len(CLASSES)
-    mu, sd = x.mean(0), x.std(0) + 1e-6
-    project = row_space_projection((x - mu) / sd)
-    basis = project(np.eye(64))
-    lr = LogisticRegression(C=0.5, max_iter=2000).fit(((x - mu) / sd) @ basis, y)
-    w, b = final_model.fuse_head(lr.coef_, lr.intercept_, basis, mu, sd)
+    space, z = RowSpace.fit(x)
+    assert np.allclose(space(x), z, atol=1e-8)  # the training rows' coordinates come out of the fit
+    lr = LogisticRegression(C=0.5, max_iter=2000).fit(z, y)
+    w, b = final_model.fuse_head(lr.coef_, lr.intercept_, space.basis, space.mu, space.sd)
     x_new = rng.normal(size=(9, 64))
-    assert np.allclose(x_new @ w.T + b, lr.decision_function(((x_new - mu) / sd) @ basis), atol=1e-8)
+    assert np.allclose(x_new @ w.T + b, lr.decision_function(space(x_new)), atol=1e-8)
 
 
 def write_fold(d, protocol, run, fold, **selected):
@@ -88,7 +87,8 @@ def test_stage_writes_one_fused_module_that_matches_the_head(ws, tmp_path):
     s = final_model.run_stage(ws / "ing" / "manifest.csv", ws / "w.safetensors", out, raw_params(), tmp_path / "train", None)
     assert s["C"] == 0.5 and s["choice"]["source"] == "folds:subject"
     assert s["fusion_max_abs_diff"] < 1e-4 and s["end_to_end_check"]["max_abs_diff_vs_head"] < 1e-3
-    assert sorted(p.name for p in out.iterdir()) == ["final_model_summary.json", "model.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["final_model_summary.json", "model.json", "model.safetensors", "run.json"]
+    assert "timings_s" not in s or "timings_s" not in json.loads((out / "final_model_summary.json").read_text())
     meta = json.loads((out / "model.json").read_text())
     assert meta["classes"] == list(CLASSES) and meta["image_size"] == 32 and meta["flip_tta"] == "prob"
     assert meta["preprocessing"]["face_crop"] == "none" and meta["preprocessing"]["grayscale"] is True

@@ -22,7 +22,7 @@ def fake_folds(root, method, protocol, seed, n_runs=2, n_folds=3):
         for fold in range(1, n_folds + 1):
             y = np.repeat(np.arange(len(CLASSES)), 2)
             pred = np.where(rng.random(len(y)) < 0.8, y, rng.integers(0, len(CLASSES), len(y)))
-            r = foldio.FoldResult(method, protocol, run, fold, "h", [f"img{i}.png" for i in range(len(y))],
+            r = foldio.FoldResult(method, protocol, run, fold, "h", [f"img{fold}_{i}.png" for i in range(len(y))],
                                   y.tolist(), pred.tolist())  # fmt: skip
             foldio.save_fold(root / method, r)
 

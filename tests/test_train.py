@@ -46,7 +46,7 @@ def fold_files(d):
 
 def test_frozen_writes_every_fold_and_is_deterministic(workspace, tmp_path):
     s = run(workspace, tmp_path / "a")
-    assert s["n_folds"] == 2 * 2 * 3 and s["n_computed"] == 12
+    assert s["n_folds"] == 2 * 2 * 3 and s["run"]["n_computed"] == 12
     files = fold_files(tmp_path / "a")
     assert len(files) == 12
     r = foldio.load_fold(files[0])
@@ -62,11 +62,11 @@ def test_resume_skips_finished_folds_and_matches_uninterrupted(workspace, tmp_pa
     full = run(workspace, tmp_path / "full")
     # an interrupted run: only run 1 finished, plus a half-written temp file left behind
     part = run(workspace, tmp_path / "part", max_runs=1)
-    assert part["n_computed"] == 6
+    assert part["run"]["n_computed"] == 6
     leftover = tmp_path / "part" / "resnet50_frozen" / "stratified" / ".run02_fold01.json.x.tmp"
     leftover.write_text("{half")
     resumed = run(workspace, tmp_path / "part")
-    assert resumed["n_resumed"] == 6 and resumed["n_computed"] == 6
+    assert resumed["run"]["n_resumed"] == 6 and resumed["run"]["n_computed"] == 6
     assert resumed["config_hash"] == full["config_hash"]
     for fa, fb in zip(fold_files(tmp_path / "full"), fold_files(tmp_path / "part"), strict=True):
         assert json.loads(fa.read_text())["y_pred"] == json.loads(fb.read_text())["y_pred"]
@@ -75,7 +75,7 @@ def test_resume_skips_finished_folds_and_matches_uninterrupted(workspace, tmp_pa
 def test_changed_config_recomputes(workspace, tmp_path):
     run(workspace, tmp_path / "c", max_runs=1)
     s = run(workspace, tmp_path / "c", max_runs=1, head_c_grid=[0.5])
-    assert s["n_computed"] == 6 and s["n_resumed"] == 0
+    assert s["run"]["n_computed"] == 6 and s["run"]["n_resumed"] == 0
 
 
 def test_corrupt_fold_file_is_recomputed_not_trusted(workspace, tmp_path):
@@ -83,12 +83,12 @@ def test_corrupt_fold_file_is_recomputed_not_trusted(workspace, tmp_path):
     f = fold_files(tmp_path / "d")[0]
     f.write_text('{"method": "resnet50_frozen"')
     s = run(workspace, tmp_path / "d", max_runs=1)
-    assert s["n_computed"] == 1
+    assert s["run"]["n_computed"] == 1
 
 
 def test_finetune_smoke_runs_and_writes_curves(workspace, tmp_path):
     s = run(workspace, tmp_path / "ft", mode="finetune", epochs=2, patience=1, max_runs=1, max_folds=1)
-    assert s["n_computed"] == 2  # one fold per protocol
+    assert s["run"]["n_computed"] == 2  # one fold per protocol
     r = foldio.load_fold(next((tmp_path / "ft" / "resnet50_finetune").glob("*/run01_fold01.json")))
     assert 1 <= len(r.extra["curves"]["train_loss"]) <= 2
     assert r.extra["selected"]["best_epoch"] >= 1
@@ -110,7 +110,7 @@ def test_mlflow_parent_and_children(workspace, tmp_path, monkeypatch):
     monkeypatch.setenv("FERPIPE_MLFLOW_ARTIFACTS", str(tmp_path / "art"))
     monkeypatch.delenv("FERPIPE_MLFLOW_PARENT_RUN_ID", raising=False)
     s = run(workspace, tmp_path / "m", log_mlflow=True, max_runs=1)
-    parent = s["mlflow_parent_run_id"]
+    parent = s["run"]["mlflow_parent_run_id"]
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(os.environ.get("FERPIPE_MLFLOW_EXPERIMENT", "ferpipe"))
     runs = client.search_runs([exp.experiment_id], max_results=1000)

@@ -14,7 +14,7 @@ The cross-validation stages measure the method; this stage builds the model a us
 
 Outputs (``--out``): ``model.safetensors`` + ``model.json`` (classes, image size,
 preprocessing, face-crop setting; see ``ferpipe.serving``), ``final_model_summary.json``
-(chosen C, training accuracy, fusion check, timings) and, when logged, ``mlflow.json``.
+(chosen C, training accuracy, fusion check), ``run.json`` (timings) and, when logged, ``mlflow.json``.
 MLflow: a pyfunc model (input: DataFrame column ``image`` = base64 file bytes), with a
 signature and explicit pip requirements, registered as ``final_model.registered_model_name``
 with alias ``final_model.alias``; its run is a child of the pipeline's parent run.
@@ -41,11 +41,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import config, data, finetune, tracking
+from . import config, data, finetune, heads, tracking
 from .config import CLASSES, IngestParams, ParamsError, register_section
-from .io import sha256_file, swap_dir, temp_dir_beside, write_json
+from .features import CACHE_NAME, cached_features, extract_features
+from .io import sha256_file, swap_dir, temp_dir_beside, write_json, write_run_record
 from .serving import FACE_CROPS, FerNet, save_model
-from .train import TrainParams, resolve_runtime
+from .train_params import TrainParams, resolve_runtime
 
 log = logging.getLogger("ferpipe.final_model")
 
@@ -130,41 +131,30 @@ def fuse_head(coef: np.ndarray, intercept: np.ndarray, basis: np.ndarray, mu: np
     return weight, bias
 
 
-def fit_frozen(net: FerNet, images: torch.Tensor, y: np.ndarray, p: TrainParams, c: float,
-               device, dtype) -> dict:  # fmt: skip
-    """Fit the logistic-regression head on all images (+ flips) and fold it into ``net.head``."""
-    from sklearn.linear_model import LogisticRegression
-
-    from .train import extract_features, row_space_projection
-
+def fit_frozen(net: FerNet, feats: np.ndarray, y: np.ndarray, p: TrainParams, c: float) -> dict:
+    """Fit the softmax head on all images (+ flips) (ferpipe.heads) and fold it into ``net.head``."""
     timings = {}
     t0 = time.time()
-    feats = extract_features(net.backbone, images, p, device, dtype)  # (views, N, 2048)
-    net.to("cpu")
-    timings["features_s"] = time.time() - t0
-    t0 = time.time()
     n_views = feats.shape[0]
-    x = np.concatenate([feats[v] for v in range(n_views)]).astype(np.float64)
-    yy = np.concatenate([y] * n_views)
-    mu, sd = x.mean(0), x.std(0) + 1e-6
-    project = row_space_projection((x - mu) / sd)
-    basis = project(np.eye(x.shape[1]))  # (2048, k) orthonormal columns
-    lr = LogisticRegression(C=c, max_iter=p.head_max_iter, random_state=p.seed % (2**31))
-    lr.fit(((x - mu) / sd) @ basis, yy)
-    timings["fit_head_s"] = time.time() - t0
-    if list(lr.classes_) != list(range(len(CLASSES))):
-        missing = [CLASSES[i] for i in range(len(CLASSES)) if i not in set(lr.classes_)]
+    missing = [CLASSES[i] for i in range(len(CLASSES)) if not (y == i).any()]
+    if missing:
         raise ValueError(f"the final model needs images of every class; missing: {missing}")
-    weight, bias = fuse_head(lr.coef_, lr.intercept_, basis, mu, sd)
+    x = np.concatenate([feats[v] for v in range(n_views)])
+    space, coef, intercept, solver = heads.fit_head(x, np.tile(y, n_views), c, len(CLASSES), p.head_max_iter,
+                                                    p.head_tol)  # fmt: skip
+    timings["fit_head_s"] = time.time() - t0
+    weight, bias = fuse_head(coef.T, intercept, space.basis, space.mu, space.sd)
     with torch.no_grad():
         net.head.weight.copy_(torch.from_numpy(weight).float())
         net.head.bias.copy_(torch.from_numpy(bias).float())
 
-    # the fused head must give the sklearn head's probabilities (on the same features)
-    def sk_proba(v):
-        return lr.predict_proba(((feats[v].astype(np.float64) - mu) / sd) @ basis)
+    # the fused head must give the fitted head's probabilities (on the same features)
+    def head_proba(v):
+        logits = space(feats[v]) @ coef + intercept
+        e = np.exp(logits - logits.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
 
-    ref = np.mean([sk_proba(v) for v in range(n_views)], axis=0)
+    ref = np.mean([head_proba(v) for v in range(n_views)], axis=0)
     with torch.no_grad():
         fused = np.mean([torch.softmax(net.head(torch.from_numpy(feats[v]).float()), 1).numpy()
                          for v in range(n_views)], axis=0)  # fmt: skip
@@ -172,11 +162,26 @@ def fit_frozen(net: FerNet, images: torch.Tensor, y: np.ndarray, p: TrainParams,
         "C": c,
         "train_accuracy": float((ref.argmax(1) == y).mean()),
         "fusion_max_abs_diff": float(np.abs(fused - ref).max()),
-        "n_iter": int(np.max(lr.n_iter_)),
-        "row_space_dim": int(basis.shape[1]),
+        "n_iter": solver["iterations"],
+        "converged": solver["converged"],
+        "row_space_dim": space.dim,
         "timings": timings,
         "_ref_proba": ref,
     }
+
+
+def frozen_features(net: FerNet, images: torch.Tensor, p: TrainParams, key: dict, train_dir: Path | None,
+                    device, dtype) -> np.ndarray:  # fmt: skip
+    """The backbone features, read from the train stage's cache when it holds exactly these
+    (same weights, images, precision, threads, torch); computed otherwise (never written there:
+    that folder is the train stage's output)."""
+    def compute():
+        feats = extract_features(net.backbone, images, p.batch_size, p.flip_features, device, dtype)
+        net.to("cpu")
+        return feats
+
+    cache = Path(train_dir) / CACHE_NAME if train_dir is not None else Path("/nonexistent") / CACHE_NAME
+    return cached_features(cache, key, compute, write=False)
 
 
 def fit_finetune(net: FerNet, images: torch.Tensor, y: np.ndarray, p: TrainParams, pretrained: dict,
@@ -222,7 +227,12 @@ def build_final_model(manifest_path: Path, weights: Path, out: Path, p: TrainPar
     choice: dict[str, Any]
     if p.mode == "frozen":
         c, choice = choose_c(train_dir, p.method, fp)
-        info = fit_frozen(net, images, y, p, c, device, dtype)
+        t0 = time.time()
+        key = {**dataclasses.asdict(p), "weights_sha256": sha256_file(weights), "torch": torch.__version__,
+               "manifest_sha256": sha256_file(manifest_path), "device": device.type, "dtype": str(dtype)}  # fmt: skip
+        feats = frozen_features(net, images, p, key, train_dir, device, dtype)
+        timings["features_s"] = time.time() - t0
+        info = fit_frozen(net, feats, y, p, c)
     else:
         epochs, choice = choose_epochs(train_dir, p.method, fp, p)
         p = dataclasses.replace(p, epochs=epochs, patience=epochs + 1)
@@ -403,7 +413,11 @@ def run_stage(manifest: Path, weights: Path, out: Path, raw_params: dict, train_
             summary["mlflow"] = record
             summary["timings_s"]["mlflow_s"] = record["log_seconds"]
             write_json(tmp / "mlflow.json", record)
-        write_json(tmp / "final_model_summary.json", summary)
+        # results in the summary (a DVC output); wall times and run ids in the run record
+        run_facts = {"stage": "final_model", "timings_s": summary["timings_s"], "mlflow": summary.get("mlflow")}
+        write_json(tmp / "final_model_summary.json",
+                   {k: v for k, v in summary.items() if k not in ("timings_s", "mlflow")})
+        write_run_record(tmp, run_facts)
         swap_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -45,7 +45,10 @@ class FoldResult:
     y_true: list[int]
     y_pred: list[int]
     probabilities: list[list[float]] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # curves, chosen hyperparams, timings
+    extra: dict[str, Any] = field(default_factory=dict)  # curves, chosen hyperparams
+    # wall time of this computation: a run fact, not a result, so never written to the fold
+    # file (that stays byte-identical on a rerun); train/baselines keep it in their run record
+    seconds: float | None = field(default=None, compare=False)
 
     @property
     def confusion_matrix(self) -> np.ndarray:

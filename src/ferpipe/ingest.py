@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from . import config
 from .config import CLASSES, IngestParams, load_section
-from .io import atomic_dir, write_json
+from .io import atomic_dir, write_json, write_run_record
 from .readers import DatasetError, read_dataset
 
 log = logging.getLogger("ferpipe.ingest")
@@ -144,9 +144,9 @@ def ingest(dataset: Path, out_dir: Path, p: IngestParams, layout: str = "auto") 
             "face_crop": p.face_crop,
             "faces_not_found": int((manifest["face_found"] == False).sum()),  # noqa: E712
             "image_size": p.image_size,
-            "seconds": round(time.time() - t0, 2),
         }
         write_json(tmp / "ingest_report.json", report)
+        write_run_record(tmp, {"stage": "ingest", "seconds": round(time.time() - t0, 2)})
     log.info("ingest: %d images (%s layout), classes %s, dropped %s",
              len(manifest), layout, report["class_counts"], report["dropped_labels"])  # fmt: skip
     return manifest

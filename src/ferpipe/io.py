@@ -96,3 +96,26 @@ def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+# A stage's run record: wall times, MLflow run ids, host and time of this invocation. It sits
+# in the stage's output folder but `.dvcignore` keeps it out of DVC's hashes, so the results
+# (and dvc.lock) stay byte-identical when a stage is rerun on the same inputs.
+RUN_RECORD = "run.json"
+
+
+def write_run_record(out_dir: Path | str, record: dict) -> None:
+    import datetime as dt
+    import platform
+
+    stamp = {"finished_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "host": platform.node()}
+    write_json(Path(out_dir) / RUN_RECORD, {**record, **stamp})
+
+
+def read_run_record(out_dir: Path | str) -> dict:
+    """The record of the invocation that wrote ``out_dir``; {} when there is none (e.g. pulled)."""
+    path = Path(out_dir) / RUN_RECORD
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}

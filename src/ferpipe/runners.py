@@ -25,8 +25,8 @@ from tqdm import tqdm
 _WORKER: dict = {}
 
 
-def run_sequential(ctx, tasks, compute):
-    bar = tqdm(tasks, desc=f"folds ({ctx.method})", unit="fold", disable=None, mininterval=5)
+def run_sequential(ctx, tasks, compute, unit: str = "fold"):
+    bar = tqdm(tasks, desc=f"folds ({ctx.method})", unit=unit, disable=None, mininterval=5)
     return [compute(ctx, t) for t in bar]
 
 

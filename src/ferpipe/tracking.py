@@ -227,8 +227,8 @@ def log_fold_runs(parent_id: str, folds: Iterable, config: dict[str, Any]) -> in
         metrics = [Metric("test_accuracy", r.accuracy, now, 0)]
         for key, step, value in curve_points(r.extra.get("curves") or {}):
             metrics.append(Metric(key, value, now, step))
-        for key, value in (r.extra.get("timings") or {}).items():
-            metrics.append(Metric(f"time_{key}_s", float(value), now, 0))
+        if r.seconds is not None:
+            metrics.append(Metric("time_fold_s", float(r.seconds), now, 0))
         tags = [RunTag("method", r.method), RunTag("protocol", r.protocol), RunTag("run", str(r.run)),
                 RunTag("fold", str(r.fold)), RunTag("config_hash", r.config_hash),
                 RunTag("confusion_matrix", json.dumps(r.confusion_matrix.tolist()))]  # fmt: skip

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from .. import config
 from ..config import CLASS_TO_ID, CLASSES, ParamsError, load_section, register_section
 from ..foldio import FoldResult, config_hash, finished_fold, fold_path, save_fold
-from ..io import sha256_file, write_json
+from ..io import sha256_file, write_json, write_run_record
 from . import DESCRIPTION, METHODS, features, slfn
 from .optimizers import OPTIMIZERS
 
@@ -344,10 +344,12 @@ def run_baselines(manifest_path: Path, plan_path: Path, out: Path, p: BaselinesP
     images = None  # decoded lazily: a fully resumed run never touches the images
     cache = features.FeatureCache()
     summary: dict = {"methods": {}, "n_folds_per_method": len(folds), "threads": p.threads}
+    record: dict = {"stage": "baselines", "methods": {}}  # run facts: wall times, counts (run.json)
     load_s = 0.0
     with threadpool_limits(limits=p.threads):
         for method in p.methods:
-            mcfg = {**p.method_config(method), "manifest_sha256": manifest_sha, **versions}
+            # result_format 2: fold files carry extra.method_config_hash (aggregate's mixed-config check)
+            mcfg = {**p.method_config(method), "manifest_sha256": manifest_sha, **versions, "result_format": 2}
             mhash = config_hash(mcfg)
             results_dir = out / method
             done: list[FoldResult] = []
@@ -359,7 +361,6 @@ def run_baselines(manifest_path: Path, plan_path: Path, out: Path, p: BaselinesP
                 prev = finished_fold(results_dir, protocol, run, fold, chash)
                 if prev is not None:
                     done.append(prev)
-                    fold_s[protocol] = fold_s.get(protocol, 0.0) + float(prev.extra.get("timings", {}).get("fold", 0))
                     continue
                 if images is None:
                     t0 = time.perf_counter()
@@ -373,11 +374,11 @@ def run_baselines(manifest_path: Path, plan_path: Path, out: Path, p: BaselinesP
                     seeds = {h: fold_seed(p.seed, method, protocol, run, fold, h) for h in p.hidden_grid}
                     prob, info = fit_slfn(method, feats, y, roles, p, seeds)
                 dt = time.perf_counter() - t0
-                info["timings"] = {"fold": round(dt, 4)}
+                info["method_config_hash"] = mhash  # chash also covers the fold's images (resume safety)
                 te = roles["test"]
                 res = FoldResult(method, protocol, run, fold, chash, images=paths[te].tolist(),
                                  y_true=y[te].tolist(), y_pred=prob.argmax(1).tolist(),
-                                 probabilities=np.round(prob, 6).tolist(), extra=info)  # fmt: skip
+                                 probabilities=np.round(prob, 6).tolist(), extra=info, seconds=round(dt, 4))  # fmt: skip
                 save_fold(results_dir, res)
                 done.append(res)
                 fold_s[protocol] = fold_s.get(protocol, 0.0) + dt
@@ -395,17 +396,20 @@ def run_baselines(manifest_path: Path, plan_path: Path, out: Path, p: BaselinesP
                     "n_folds": len(rs),
                     "oa_fold_mean": round(100 * float(np.mean([r.accuracy for r in rs])), 3),
                     **_run_stats(rs),
-                    "wall_s": round(fold_s.get(proto, 0.0), 2),
                 }
             summary["methods"][method] = {
-                "description": DESCRIPTION[method], "config_hash": mhash, "config": mcfg,
-                "n_computed": computed, "n_resumed": len(done) - computed,
-                "features_s": round(cache.seconds.get(method, 0.0), 3), "protocols": protos,
+                "description": DESCRIPTION[method], "config_hash": mhash, "config": mcfg, "protocols": protos,
             }  # fmt: skip
-    summary["load_images_s"] = round(load_s, 3)
-    summary["total_s"] = round(time.perf_counter() - t_start, 2)
+            record["methods"][method] = {
+                "n_computed": computed, "n_resumed": len(done) - computed,
+                "features_s": round(cache.seconds.get(method, 0.0), 3),
+                "fold_wall_s": {proto: round(v, 2) for proto, v in fold_s.items()},  # folds computed now
+            }  # fmt: skip
+    record["load_images_s"] = round(load_s, 3)
+    record["total_s"] = round(time.perf_counter() - t_start, 2)
     write_json(out / "baselines_summary.json", summary)
-    return summary
+    write_run_record(out, record)
+    return {**summary, "run": record}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -432,10 +436,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ParamsError, FileNotFoundError, ValueError) as exc:
         print(f"baselines: error: {exc}", file=sys.stderr)
         return 2
-    brief = {m: {"computed": s["n_computed"], "resumed": s["n_resumed"],
+    run = summary["run"]
+    brief = {m: {"computed": run["methods"][m]["n_computed"], "resumed": run["methods"][m]["n_resumed"],
                  "oa": {pr: f"{v['oa_run_mean']:.2f} ± {v['oa_run_std']:.2f}" for pr, v in s["protocols"].items()}}
              for m, s in summary["methods"].items()}  # fmt: skip
-    print(json.dumps({"baselines": brief, "total_s": summary["total_s"]}))
+    print(json.dumps({"baselines": brief, "total_s": run["total_s"]}))
     if args.mlflow:
         log_to_mlflow(args.out, p)
     return 0
