@@ -23,3 +23,6 @@ def test_jaffe_ingest_validate_split(tmp_path):
     plan, summary = split.make_plan(m, SplitParams())
     assert len(plan) == 2 * 10 * 10 * 213
     assert summary["runs"]["stratified/run01"]["per_class_max"] - summary["runs"]["stratified/run01"]["per_class_min"] <= 2
+    # 10 subjects in 10 groups: leave-one-subject-out, the same split in every run
+    assert summary["distinct_groupings"]["subject"]["n_distinct"] == 1
+    assert summary["distinct_groupings"]["stratified"]["n_distinct"] == 10

@@ -43,10 +43,55 @@ def collect(results_dirs: list[Path]) -> dict[tuple[str, str], dict[int, list]]:
 
 
 def check_complete(method: str, protocol: str, by_run: dict[int, list]) -> None:
-    counts = {r: len(fs) for r, fs in by_run.items()}
-    if len(set(counts.values())) > 1:
-        raise ValueError(f"{method}/{protocol}: runs have different fold counts {counts} "
-                         "(an interrupted stage? rerun it)")  # fmt: skip
+    """Refuse, with a named error, results that are not whole runs of one configuration:
+    every run has folds 1..G (the same G), no image is tested twice within a run, every run
+    tests the same images, and every fold carries the same config hash."""
+    where = f"{method}/{protocol}"
+    # a fold's config_hash may also cover its images (baselines: resume safety); the method's
+    # configuration is then in extra.method_config_hash
+    hashes = {f.extra.get("method_config_hash") or f.config_hash for fs in by_run.values() for f in fs}
+    if len(hashes) > 1:
+        raise ValueError(f"{where}: fold results from {len(hashes)} different configurations (config hashes "
+                         f"{sorted(hashes)[:3]}...); a stage was changed mid-run: rerun it")  # fmt: skip
+    n_groups = max(f.fold for fs in by_run.values() for f in fs)
+    tested: dict[int, set] = {}
+    for run, fs in sorted(by_run.items()):
+        missing = sorted(set(range(1, n_groups + 1)) - {f.fold for f in fs})
+        if missing:
+            raise ValueError(f"{where}: run {run} lacks fold(s) {missing} of {n_groups} "
+                             "(an interrupted or partial stage? rerun it)")  # fmt: skip
+        seen: set = set()
+        for f in sorted(fs, key=lambda f: f.fold):
+            twice = seen.intersection(f.images)
+            if twice:
+                raise ValueError(f"{where}: run {run} fold {f.fold} tests {len(twice)} image(s) that an "
+                                 f"earlier fold of the run already tested, e.g. {sorted(twice)[0]}")  # fmt: skip
+            seen.update(f.images)
+        tested[run] = seen
+    first = min(tested)
+    for run, seen in tested.items():
+        if seen != tested[first]:
+            diff = sorted(seen ^ tested[first])
+            raise ValueError(f"{where}: run {run} tests other images than run {first} ({len(diff)} differ, "
+                             f"e.g. {diff[0]}): the runs come from different split plans")  # fmt: skip
+
+
+def fold_statistics(by_run: dict[int, list]) -> dict:
+    """What compare's tests need beyond the per-run OA: each fold's accuracy (%), and a
+    digest of each run's partition into test groups (equal digests = the same split, so
+    two methods' runs can be paired, and repeated runs can be recognised)."""
+    import hashlib
+
+    acc, digests = [], []
+    for _, fs in sorted(by_run.items()):
+        fs = sorted(fs, key=lambda f: f.fold)
+        acc.append([round(100 * f.accuracy, 4) for f in fs])
+        groups = sorted("\n".join(sorted(f.images)) for f in fs)
+        digests.append(hashlib.sha256("\n\n".join(groups).encode()).hexdigest()[:16])
+    n_groups = len(acc[0])
+    return {"fold_accuracy_per_run": acc, "grouping_per_run": digests,
+            # test on 1 group, train on G - 2 (one validates): the Nadeau-Bengio size ratio
+            "test_train_ratio": round(1 / max(n_groups - 2, 1), 6)}  # fmt: skip
 
 
 def table1(s: dict) -> pd.DataFrame:
@@ -124,6 +169,14 @@ def aggregate(results_dirs: list[Path], out: Path, metrics_path: Path, make_plot
     for (method, protocol), by_run in sorted(found.items()):
         check_complete(method, protocol, by_run)
         s = summarize({r: run_matrix(f.confusion_matrix for f in fs) for r, fs in by_run.items()})
+        s.update(fold_statistics(by_run))
+        edge = [f.extra.get("selected", {}).get("at_grid_edge") for fs in by_run.values() for f in fs]
+        if any(e is not None for e in edge):  # a hyper-parameter chosen at the end of its grid
+            s["selected_at_grid_edge"] = {"n_folds": sum(bool(e) for e in edge), "of": len(edge)}
+            if any(edge):
+                print(f"aggregate: warning: {method}/{protocol}: the validation group chose a value at the edge of "
+                      f"its grid in {sum(bool(e) for e in edge)}/{len(edge)} folds (train.head_c_grid)",
+                      file=sys.stderr)  # fmt: skip
         d = out / method / protocol
         t1, t2 = table1(s), table2(s)
         write_text(d / "table1_sensitivity.csv", t1.to_csv(index=False, lineterminator="\n"))

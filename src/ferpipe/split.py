@@ -5,6 +5,10 @@ Per run every image gets one of G groups; fold k tests group k, validates on gro
 
 - stratified (the paper): per class, group sizes differ by at most one
   (scikit-learn StratifiedKFold allocates each class round-robin over the groups).
+  Byte-identical images (same sha256) always share a group, or a copy in the training
+  groups would leak the test image: when the manifest has such copies the groups come
+  from StratifiedGroupKFold over the sha256 values instead (without copies, as on JAFFE,
+  the plain StratifiedKFold runs, so its plans are unchanged).
 - subject (person-independent): whole subjects per group, classes balanced as well as
   the subjects allow (StratifiedGroupKFold).
 
@@ -47,8 +51,13 @@ def assign_groups(manifest: pd.DataFrame, protocol: str, n_groups: int, seed: in
         if short:
             raise SplitError(f"stratified split needs >= {n_groups} images per class; "
                              f"too few: {', '.join(short)}")  # fmt: skip
-        splitter = StratifiedKFold(n_splits=n_groups, shuffle=True, random_state=seed)
-        folds = splitter.split(np.zeros(len(y)), y)
+        sha = manifest["sha256"].astype(str).to_numpy() if "sha256" in manifest else None
+        if sha is not None and len(set(sha)) < len(sha):  # copies stay together: no leak
+            splitter = StratifiedGroupKFold(n_splits=n_groups, shuffle=True, random_state=seed)
+            folds = splitter.split(np.zeros(len(y)), y, groups=sha)
+        else:
+            splitter = StratifiedKFold(n_splits=n_groups, shuffle=True, random_state=seed)
+            folds = splitter.split(np.zeros(len(y)), y)
     elif protocol == "subject":
         subjects = manifest["subject"].fillna("").astype(str)
         if (subjects == "").any():
@@ -93,9 +102,32 @@ def make_plan(manifest: pd.DataFrame, p: SplitParams) -> tuple[pd.DataFrame, dic
         "params": config.as_dict(p),
         "n_images": int(len(manifest)),
         "n_rows": int(len(plan)),
+        "distinct_groupings": distinct_groupings(plan),
         "runs": groups_summary,
     }
     return plan, summary
+
+
+def grouping_key(test_images_by_fold) -> frozenset:
+    """A run's partition of the images into test groups, whatever the groups' numbering."""
+    return frozenset(frozenset(images) for images in test_images_by_fold)
+
+
+def distinct_groupings(plan: pd.DataFrame) -> dict[str, dict]:
+    """Per protocol: how many runs, how many different partitions into groups they use.
+
+    Runs that repeat a partition test the same images with the same training sets (only
+    the validation group differs), so they are not independent samples of the method's
+    accuracy; compare uses one run per distinct partition for its tests."""
+    out = {}
+    test = plan[plan["role"] == "test"]
+    for protocol, df in test.groupby("protocol", sort=False):
+        keys = {run: grouping_key(g.groupby("fold")["image"].apply(tuple)) for run, g in df.groupby("run")}
+        first: dict = {}
+        for run, key in sorted(keys.items()):
+            first.setdefault(key, run)
+        out[protocol] = {"n_runs": len(keys), "n_distinct": len(first), "distinct_runs": sorted(first.values())}
+    return out
 
 
 def plan_markdown(plan: pd.DataFrame, manifest: pd.DataFrame) -> str:
@@ -127,6 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     except (SplitError, config.ParamsError, FileNotFoundError) as exc:
         print(f"split: error: {exc}", file=sys.stderr)
         return 2
+    for protocol, d in summary["distinct_groupings"].items():
+        if d["n_distinct"] < d["n_runs"]:
+            print(f"split: warning: protocol {protocol}: the {d['n_runs']} runs use only {d['n_distinct']} distinct "
+                  "grouping(s) (e.g. as many groups as subjects: leave-one-subject-out is the same split every "
+                  "run); repeated runs are not independent samples, compare tests one run per grouping",
+                  file=sys.stderr)  # fmt: skip
     write_text(args.out / "split_plan.csv", plan.to_csv(index=False, lineterminator="\n"))
     write_json(args.out / "split_summary.json", summary)
     write_text(args.out / "split_summary.md", plan_markdown(plan, manifest))
