@@ -16,7 +16,8 @@ def test_synonyms_and_unknown():
     assert normalize_label("happiness") == "happy"
     assert normalize_label("sad") == "sadness"
     assert normalize_label("surprised") == "surprise"
-    assert normalize_label("contempt") is None
+    assert normalize_label("Contempt ") == "contempt"  # not a synonym: kept as itself (data.classes decides)
+    assert normalize_label("  ") is None
 
 
 def test_jaffe_names(jaffe_like):
@@ -48,9 +49,9 @@ def test_ckplus_official(tmp_path):
         lab.write_text(f"   {code}.0000000e+00\n")
     layout, recs = read_dataset(root)
     assert layout == "ckplus"
-    # contempt (code 2) is read, then dropped by ingest as unknown
+    # contempt (code 2) is read; ingest drops it unless data.classes keeps it (auto or a list)
     assert [(r.raw_label, r.label, r.subject) for r in recs] == [
-        ("disgust", "disgust", "S005"), ("happy", "happy", "S010"), ("contempt", None, "S011")]
+        ("disgust", "disgust", "S005"), ("happy", "happy", "S010"), ("contempt", "contempt", "S011")]
 
 
 def test_ckplus_folders(tmp_path):

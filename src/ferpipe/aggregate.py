@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 
 from . import config, tracking
-from .config import CLASSES
 from .foldio import load_results
 from .io import write_json, write_text, write_with
 from .metrics import pm, run_matrix, summarize
@@ -47,6 +46,9 @@ def check_complete(method: str, protocol: str, by_run: dict[int, list]) -> None:
     every run has folds 1..G (the same G), no image is tested twice within a run, every run
     tests the same images, and every fold carries the same config hash."""
     where = f"{method}/{protocol}"
+    class_lists = {f.classes for fs in by_run.values() for f in fs}
+    if len(class_lists) > 1:
+        raise ValueError(f"{where}: fold results with different class lists {sorted(class_lists)}: rerun the stage")
     # a fold's config_hash may also cover its images (baselines: resume safety); the method's
     # configuration is then in extra.method_config_hash
     hashes = {f.extra.get("method_config_hash") or f.config_hash for fs in by_run.values() for f in fs}
@@ -97,8 +99,8 @@ def fold_statistics(by_run: dict[int, list]) -> dict:
 def table1(s: dict) -> pd.DataFrame:
     """Paper Table 1: per-run sensitivity (%) per class, plus the Total (mean ± std) row."""
     rows = [[f"r{r}"] + [f"{v:.2f}" for v in sens] for r, sens in zip(s["runs"], s["sensitivity_per_run"], strict=True)]
-    rows.append(["Total"] + [pm(s["sensitivity_mean"][c], s["sensitivity_std"][c]) for c in CLASSES])
-    return pd.DataFrame(rows, columns=["run", *CLASSES])
+    rows.append(["Total"] + [pm(s["sensitivity_mean"][c], s["sensitivity_std"][c]) for c in s["classes"]])
+    return pd.DataFrame(rows, columns=["run", *s["classes"]])
 
 
 def table2(s: dict) -> pd.DataFrame:
@@ -119,17 +121,18 @@ def plots(s: dict, out: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    cls = s["classes"]
     grand = np.array(s["grand_matrix"], dtype=float)
     for name, mat, fmt in (("confusion_counts", grand, "{:.0f}"),
                            ("confusion_normalized", grand / np.maximum(grand.sum(1, keepdims=True), 1), "{:.2f}")):  # fmt: skip
         fig, ax = plt.subplots(figsize=(6, 5))
         im = ax.imshow(mat, cmap="Blues")
-        ax.set_xticks(range(len(CLASSES)), CLASSES, rotation=45, ha="right")
-        ax.set_yticks(range(len(CLASSES)), CLASSES)
+        ax.set_xticks(range(len(cls)), cls, rotation=45, ha="right")
+        ax.set_yticks(range(len(cls)), cls)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
-        for i in range(len(CLASSES)):
-            for j in range(len(CLASSES)):
+        for i in range(len(cls)):
+            for j in range(len(cls)):
                 ax.text(j, i, fmt.format(mat[i, j]), ha="center", va="center", fontsize=7,
                         color="white" if mat[i, j] > mat.max() / 2 else "black")  # fmt: skip
         fig.colorbar(im, ax=ax)
@@ -139,7 +142,7 @@ def plots(s: dict, out: Path, title: str) -> None:
         plt.close(fig)
     sens = np.array(s["sensitivity_per_run"])
     fig, ax = plt.subplots(figsize=(7, 4))
-    for i, c in enumerate(CLASSES):  # paper Fig. 10
+    for i, c in enumerate(cls):  # paper Fig. 10
         ax.plot(s["runs"], sens[:, i], marker="o", label=c)
     ax.set_xlabel("run")
     ax.set_ylabel("sensitivity (%)")
@@ -168,7 +171,8 @@ def aggregate(results_dirs: list[Path], out: Path, metrics_path: Path, make_plot
     metrics, index = {}, []
     for (method, protocol), by_run in sorted(found.items()):
         check_complete(method, protocol, by_run)
-        s = summarize({r: run_matrix(f.confusion_matrix for f in fs) for r, fs in by_run.items()})
+        run_classes = next(iter(by_run.values()))[0].classes
+        s = summarize({r: run_matrix(f.confusion_matrix for f in fs) for r, fs in by_run.items()}, run_classes)
         s.update(fold_statistics(by_run))
         edge = [f.extra.get("selected", {}).get("at_grid_edge") for fs in by_run.values() for f in fs]
         if any(e is not None for e in edge):  # a hyper-parameter chosen at the end of its grid
@@ -187,13 +191,13 @@ def aggregate(results_dirs: list[Path], out: Path, metrics_path: Path, make_plot
                                     f"Table 2: overall accuracy (%) per run\n\n{markdown(t2)}\n"
                                     f"{len(s['runs'])} runs x {len(next(iter(by_run.values())))} folds, "
                                     f"{n_test} test predictions in total.\n")  # fmt: skip
-        grand = pd.DataFrame(s["grand_matrix"], index=CLASSES, columns=CLASSES)
+        grand = pd.DataFrame(s["grand_matrix"], index=s["classes"], columns=s["classes"])
         write_text(d / "grand_confusion_matrix.csv", grand.to_csv(index_label="true\\predicted", lineterminator="\n"))
         write_text(d / "oa_per_run.csv", pd.DataFrame({"run": s["runs"], "oa": s["oa_per_run"]})
                    .to_csv(index=False, lineterminator="\n"))  # fmt: skip
         sens_long = pd.DataFrame([{"run": r, "class": c, "sensitivity": v}
                                   for r, row in zip(s["runs"], s["sensitivity_per_run"], strict=True)
-                                  for c, v in zip(CLASSES, row, strict=True)])  # fmt: skip
+                                  for c, v in zip(s["classes"], row, strict=True)])  # fmt: skip
         write_text(d / "sensitivity_per_run.csv", sens_long.to_csv(index=False, lineterminator="\n"))
         write_json(d / "summary.json", s)
         if make_plots:

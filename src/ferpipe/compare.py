@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import config, paper
-from .config import CLASSES
+from . import classes, config, paper
+from .config import CLASSES as PAPER_CLASSES
 from .io import write_json, write_text, write_with
 from .metrics import pm
 
@@ -114,9 +114,15 @@ def compare(agg: Path) -> dict:
     result = {}
     for protocol, by_method in load_summaries(agg).items():
         rows = []
+        class_lists = {tuple(s.get("classes", PAPER_CLASSES)) for s in by_method.values()}
+        if len(class_lists) > 1:
+            raise ValueError(f"protocol {protocol}: methods were run with different class lists {sorted(class_lists)}")
+        run_classes = class_lists.pop()
+        # the paper's numbers are comparable only for the paper's seven classes
+        comparable = classes.matches_paper(run_classes)
         for m in order(by_method):
             s = by_method[m]
-            pub = paper.TABLE3.get(paper.published_key(m))
+            pub = paper.TABLE3.get(paper.published_key(m)) if comparable else None
             rows.append({"method": m, "oa_mean": s["oa_mean"], "oa_std": s["oa_std"], "n_runs": len(s["runs"]),
                          "published_oa": pub[0] if pub else None, "published_std": pub[1] if pub else None,
                          "sensitivity_mean": s["sensitivity_mean"]})  # fmt: skip
@@ -128,7 +134,8 @@ def compare(agg: Path) -> dict:
                 if not b.startswith("resnet50"):
                     tests[f"{m} vs {b}"] = compare_pair(by_method[m], by_method[b])
         groupings = {len(set(v["grouping_per_run"])) for v in by_method.values() if "grouping_per_run" in v}
-        result[protocol] = {"methods": rows, "paired_tests": tests,
+        result[protocol] = {"methods": rows, "paired_tests": tests, "classes": list(run_classes),
+                            "published_comparable": comparable,
                             "n_distinct_groupings": max(groupings) if groupings else None}  # fmt: skip
     return result
 
@@ -140,12 +147,16 @@ def fmt_p(p) -> str:
 def markdown(result: dict) -> str:
     lines = ["# Comparison with the paper's Table 3", "", f"> {paper.DATASET_NOTE}", ">", f"> {paper.TABLE3_NOTE}", ""]
     for protocol, r in result.items():
+        cls = r.get("classes", PAPER_CLASSES)
+        if not r.get("published_comparable", True):
+            lines += [f"> Classes of this run: {', '.join(cls)}. They are not the paper's seven, so no published "
+                      "number is shown beside ours.", ""]  # fmt: skip
         lines += [f"## Protocol: {protocol}", "",
-                  "| method | published OA (%) | reproduced OA (%) | runs | " + " | ".join(CLASSES) + " |",
-                  "|---|---|---|---|" + "---|" * len(CLASSES)]  # fmt: skip
+                  "| method | published OA (%) | reproduced OA (%) | runs | " + " | ".join(cls) + " |",
+                  "|---|---|---|---|" + "---|" * len(cls)]  # fmt: skip
         for row in r["methods"]:
             pub = pm(row["published_oa"], row["published_std"]) if row["published_oa"] is not None else "—"
-            sens = " | ".join(f"{row['sensitivity_mean'][c]:.1f}" for c in CLASSES)
+            sens = " | ".join(f"{row['sensitivity_mean'][c]:.1f}" for c in cls)
             lines.append(f"| {row['method']} | {pub} | {pm(row['oa_mean'], row['oa_std'])} | {row['n_runs']} | {sens} |")
         n_runs = max((row["n_runs"] for row in r["methods"]), default=0)
         k = r.get("n_distinct_groupings")
@@ -214,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         result = compare(args.aggregate)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         print(f"compare: error: {exc}", file=sys.stderr)
         return 2
     write_json(args.out / "compare.json", result)

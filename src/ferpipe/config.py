@@ -45,6 +45,13 @@ class ParamsError(ValueError):
 class DataParams:
     dataset: str = "data/jaffe"  # raw dataset folder or CSV/manifest file
     layout: str = "auto"  # auto|jaffe|ckplus|ckplus_folders|kdef|fer2013|folders|csv
+    # the run's class list (ferpipe.classes): paper (CLASSES below) | auto (what ingest finds) | [names]
+    classes: Any = "paper"
+
+    def check(self):
+        from .classes import check_setting
+
+        check_setting(self.classes)
 
 
 @dataclasses.dataclass

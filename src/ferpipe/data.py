@@ -9,7 +9,8 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from .config import CLASS_TO_ID
+from . import classes
+from .config import CLASSES as PAPER_CLASSES
 
 
 def read_manifest(path: Path | str) -> pd.DataFrame:
@@ -26,8 +27,9 @@ def read_plan(path: Path | str) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"image": str, "protocol": str, "role": str})
 
 
-def labels_of(manifest: pd.DataFrame) -> np.ndarray:
-    return manifest["label"].map(CLASS_TO_ID).to_numpy(dtype=np.int64)
+def labels_of(manifest: pd.DataFrame, run_classes=PAPER_CLASSES) -> np.ndarray:
+    """Class indices in the run's class list (ferpipe.classes); unknown labels are a named error."""
+    return classes.label_ids(manifest["label"], run_classes)
 
 
 def load_images_uint8(manifest: pd.DataFrame, root: Path, size: int) -> torch.Tensor:

@@ -41,8 +41,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import config, data, finetune, heads, tracking
-from .config import CLASSES, IngestParams, ParamsError, register_section
+from . import classes, config, data, finetune, heads, tracking
+from .config import IngestParams, ParamsError, register_section
 from .features import CACHE_NAME, cached_features, extract_features
 from .io import sha256_file, swap_dir, temp_dir_beside, write_json, write_run_record
 from .serving import FACE_CROPS, FerNet, save_model
@@ -131,16 +131,16 @@ def fuse_head(coef: np.ndarray, intercept: np.ndarray, basis: np.ndarray, mu: np
     return weight, bias
 
 
-def fit_frozen(net: FerNet, feats: np.ndarray, y: np.ndarray, p: TrainParams, c: float) -> dict:
+def fit_frozen(net: FerNet, feats: np.ndarray, y: np.ndarray, p: TrainParams, c: float, run_classes) -> dict:
     """Fit the softmax head on all images (+ flips) (ferpipe.heads) and fold it into ``net.head``."""
     timings = {}
     t0 = time.time()
     n_views = feats.shape[0]
-    missing = [CLASSES[i] for i in range(len(CLASSES)) if not (y == i).any()]
+    missing = [run_classes[i] for i in range(len(run_classes)) if not (y == i).any()]
     if missing:
         raise ValueError(f"the final model needs images of every class; missing: {missing}")
     x = np.concatenate([feats[v] for v in range(n_views)])
-    space, coef, intercept, solver = heads.fit_head(x, np.tile(y, n_views), c, len(CLASSES), p.head_max_iter,
+    space, coef, intercept, solver = heads.fit_head(x, np.tile(y, n_views), c, len(run_classes), p.head_max_iter,
                                                     p.head_tol)  # fmt: skip
     timings["fit_head_s"] = time.time() - t0
     weight, bias = fuse_head(coef.T, intercept, space.basis, space.mu, space.sd)
@@ -185,14 +185,14 @@ def frozen_features(net: FerNet, images: torch.Tensor, p: TrainParams, key: dict
 
 
 def fit_finetune(net: FerNet, images: torch.Tensor, y: np.ndarray, p: TrainParams, pretrained: dict,
-                 device, dtype) -> dict:  # fmt: skip
+                 device, dtype, n_classes: int) -> dict:  # fmt: skip
     """The folds' recipe on every image, for ``p.epochs`` epochs (the caller passes the folds'
     median best epoch). No validation role: nothing is selected on the training images."""
     t0 = time.time()
     every = np.arange(len(y), dtype=np.int64)
     model, info = finetune.finetune(pretrained, images.to(device), y, {"train": every}, p, device, dtype, p.seed,
-                                    len(CLASSES))  # fmt: skip
-    pr, _ = finetune.evaluate(model, images.to(device), y, every, p, device, dtype, len(CLASSES))
+                                    n_classes)  # fmt: skip
+    pr, _ = finetune.evaluate(model, images.to(device), y, every, p, device, dtype, n_classes)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     net.backbone.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")}, strict=True)
     net.head.load_state_dict({"weight": state["fc.weight"], "bias": state["fc.bias"]})
@@ -211,7 +211,8 @@ def build_final_model(manifest_path: Path, weights: Path, out: Path, p: TrainPar
     device, dtype = resolve_runtime(p)
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
     manifest = data.read_manifest(manifest_path)
-    y = data.labels_of(manifest)
+    run_classes = classes.read(manifest_path)
+    y = data.labels_of(manifest, run_classes)
     if not weights.exists():
         raise FileNotFoundError(f"{weights}: weights not found (run the weights stage)")
     t0 = time.time()
@@ -222,7 +223,7 @@ def build_final_model(manifest_path: Path, weights: Path, out: Path, p: TrainPar
     pretrained = load_file(str(weights))
     flip_tta = ("prob" if p.flip_features else "none") if p.mode == "frozen" else "logit"
     torch.manual_seed(p.seed)
-    net = FerNet(len(CLASSES), p.stride_layout, flip_tta)
+    net = FerNet(len(run_classes), p.stride_layout, flip_tta)
     net.backbone.load_state_dict({k: v for k, v in pretrained.items() if not k.startswith("fc.")}, strict=True)
     choice: dict[str, Any]
     if p.mode == "frozen":
@@ -232,11 +233,11 @@ def build_final_model(manifest_path: Path, weights: Path, out: Path, p: TrainPar
                "manifest_sha256": sha256_file(manifest_path), "device": device.type, "dtype": str(dtype)}  # fmt: skip
         feats = frozen_features(net, images, p, key, train_dir, device, dtype)
         timings["features_s"] = time.time() - t0
-        info = fit_frozen(net, feats, y, p, c)
+        info = fit_frozen(net, feats, y, p, c, run_classes)
     else:
         epochs, choice = choose_epochs(train_dir, p.method, fp, p)
         p = dataclasses.replace(p, epochs=epochs, patience=epochs + 1)
-        info = fit_finetune(net, images, y, p, pretrained, device, dtype)
+        info = fit_finetune(net, images, y, p, pretrained, device, dtype, len(run_classes))
     timings.update(info.pop("timings"))
     ref = info.pop("_ref_proba", None)
     net = net.to("cpu").eval()
@@ -271,7 +272,8 @@ def build_final_model(manifest_path: Path, weights: Path, out: Path, p: TrainPar
             "mean": list(net.mean.flatten().tolist()),
             "std": list(net.std.flatten().tolist()),
         },
-        "training": {"n_images": int(len(y)), "class_counts": {c: int((y == i).sum()) for i, c in enumerate(CLASSES)},
+        "classes": list(run_classes),
+        "training": {"n_images": int(len(y)), "class_counts": {c: int((y == i).sum()) for i, c in enumerate(run_classes)},
                      "manifest_sha256": sha256_file(manifest_path), "weights_sha256": sha256_file(weights),
                      **({"C": info["C"]} if "C" in info else {})},  # fmt: skip
     }
@@ -302,12 +304,12 @@ def pip_requirements() -> list[str]:
     return reqs
 
 
-def signature(default_face_crop: str):
+def signature(default_face_crop: str, model_classes):
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
     inputs = Schema([ColSpec("string", "image")])
-    outputs = Schema([ColSpec("string", "label", required=False), *[ColSpec("double", c, required=False) for c in CLASSES],
+    outputs = Schema([ColSpec("string", "label", required=False), *[ColSpec("double", c, required=False) for c in model_classes],
                       ColSpec("string", "face"), ColSpec("string", "error")])  # fmt: skip
     params = ParamSchema([ParamSpec("face_crop", "string", default_face_crop)])
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)
@@ -377,11 +379,11 @@ def log_to_mlflow(model_dir: Path, meta: dict, summary: dict, fp: FinalModelPara
                 loader_module="ferpipe.serving",
                 data_path=str(data_dir),
                 code_paths=[str(code)],
-                signature=signature(meta["preprocessing"]["face_crop"]),
+                signature=signature(meta["preprocessing"]["face_crop"], meta["classes"]),
                 input_example=example_input() if fp.input_example else None,
                 pip_requirements=pip_requirements(),
                 registered_model_name=fp.registered_model_name if fp.register else None,
-                metadata={"ferpipe_method": meta["method"], "classes": list(CLASSES)},
+                metadata={"ferpipe_method": meta["method"], "classes": list(meta["classes"])},
             )
             mlflow.log_dict(summary, "final_model_summary.json")
             run_id = run.info.run_id

@@ -46,13 +46,14 @@ class FoldResult:
     y_pred: list[int]
     probabilities: list[list[float]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # curves, chosen hyperparams
+    classes: tuple[str, ...] = CLASSES  # the run's class list (ferpipe.classes): label i is classes[i]
     # wall time of this computation: a run fact, not a result, so never written to the fold
     # file (that stays byte-identical on a rerun); train/baselines keep it in their run record
     seconds: float | None = field(default=None, compare=False)
 
     @property
     def confusion_matrix(self) -> np.ndarray:
-        return confusion_matrix(self.y_true, self.y_pred)
+        return confusion_matrix(self.y_true, self.y_pred, len(self.classes))
 
     @property
     def accuracy(self) -> float:
@@ -66,7 +67,7 @@ class FoldResult:
             "run": self.run,
             "fold": self.fold,
             "config_hash": self.config_hash,
-            "classes": list(CLASSES),
+            "classes": list(self.classes),
             "accuracy": self.accuracy,
             "confusion_matrix": self.confusion_matrix.tolist(),
             "images": self.images,
@@ -78,8 +79,6 @@ class FoldResult:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> FoldResult:
-        if list(d.get("classes", CLASSES)) != list(CLASSES):
-            raise ValueError(f"fold result has class order {d.get('classes')}, expected {CLASSES}")
         return cls(
             method=d["method"],
             protocol=d["protocol"],
@@ -91,6 +90,7 @@ class FoldResult:
             y_pred=list(d["y_pred"]),
             probabilities=d.get("probabilities"),
             extra=d.get("extra", {}),
+            classes=tuple(d.get("classes", CLASSES)),  # files from before the class list: the paper's seven
         )
 
 

@@ -18,8 +18,8 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from . import config
-from .config import CLASSES, IngestParams, load_section
+from . import classes, config
+from .config import IngestParams, load_section
 from .io import atomic_dir, write_json, write_run_record
 from .readers import DatasetError, read_dataset
 
@@ -92,25 +92,27 @@ def safe_name(source: str, root: Path) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("_") + ".png"
 
 
-def ingest(dataset: Path, out_dir: Path, p: IngestParams, layout: str = "auto") -> pd.DataFrame:
+def ingest(dataset: Path, out_dir: Path, p: IngestParams, layout: str = "auto", class_setting="paper") -> pd.DataFrame:
     t0 = time.time()
     layout, records = read_dataset(dataset, layout, p.kdef_views)
     root = dataset if dataset.is_dir() else dataset.parent
 
-    unknown = [r for r in records if r.label is None]
+    keep = classes.wanted(class_setting)  # None: every label (data.classes: auto)
+    unknown = [r for r in records if r.label is None or (keep is not None and r.label not in keep)]
     dropped = collections.Counter(r.raw_label for r in unknown)
     if unknown and not p.drop_unknown_labels:
         listing = ", ".join(f"{r.source} ('{r.raw_label}')" for r in unknown[:10])
         raise DatasetError(
-            f"{len(unknown)} image(s) have labels outside {list(CLASSES)}: {listing}"
+            f"{len(unknown)} image(s) have labels outside {list(keep or [])}: {listing}"
             + (" ..." if len(unknown) > 10 else "")
-            + " (set ingest.drop_unknown_labels: true to drop them)"
+            + " (set ingest.drop_unknown_labels: true to drop them, or data.classes: auto / a list to keep them)"
         )
-    records = [r for r in records if r.label is not None]
+    records = [r for r in records if r.label is not None and (keep is None or r.label in keep)]
     if p.max_images:
         records = records[: p.max_images]
     if not records:
-        raise DatasetError(f"{dataset}: no images with a label among {list(CLASSES)}")
+        raise DatasetError(f"{dataset}: no images with a label among {list(keep or ['any label'])}")
+    run_classes = classes.resolve(class_setting, (r.label for r in records))
 
     cropper = FaceCropper(p.face_margin) if p.face_crop == "haar" else None
     # Build into a sibling temp folder, then swap it in: a crash never leaves half an output.
@@ -139,13 +141,15 @@ def ingest(dataset: Path, out_dir: Path, p: IngestParams, layout: str = "auto") 
             "layout": layout,
             "n_images": len(manifest),
             "n_subjects": int(manifest.loc[manifest["subject"] != "", "subject"].nunique()),
-            "class_counts": {c: int(counts.get(c, 0)) for c in CLASSES},
+            "classes": list(run_classes),
+            "class_counts": {c: int(counts.get(c, 0)) for c in run_classes},
             "dropped_labels": dict(sorted(dropped.items())),
             "face_crop": p.face_crop,
             "faces_not_found": int((manifest["face_found"] == False).sum()),  # noqa: E712
             "image_size": p.image_size,
         }
         write_json(tmp / "ingest_report.json", report)
+        classes.write(tmp, run_classes, class_setting)  # the run's class list, read by every later stage
         write_run_record(tmp, {"stage": "ingest", "seconds": round(time.time() - t0, 2)})
     log.info("ingest: %d images (%s layout), classes %s, dropped %s",
              len(manifest), layout, report["class_counts"], report["dropped_labels"])  # fmt: skip
@@ -167,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             raise config.ParamsError(f"params.yaml: ingest.face_crop: expected none or haar, got {p.face_crop!r}")
         if p.image_size < 32:
             raise config.ParamsError(f"params.yaml: ingest.image_size: expected >= 32, got {p.image_size}")
-        ingest(args.dataset or Path(data.dataset), args.out, p, args.layout or data.layout)
+        ingest(args.dataset or Path(data.dataset), args.out, p, args.layout or data.layout, data.classes)
     except (DatasetError, config.ParamsError) as exc:
         print(f"ingest: error: {exc}", file=sys.stderr)
         return 2

@@ -35,15 +35,16 @@ def mean_std(values) -> tuple[float, float]:
     return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
 
 
-def summarize(run_matrices: dict[int, np.ndarray]) -> dict:
+def summarize(run_matrices: dict[int, np.ndarray], classes=CLASSES) -> dict:
     """Per-run OA and sensitivities plus their mean ± std and the grand matrix (percent)."""
     runs = sorted(run_matrices)
     oa = [100 * overall_accuracy(run_matrices[r]) for r in runs]
     sens = np.array([100 * sensitivity(run_matrices[r]) for r in runs])
     oa_mean, oa_std = mean_std(oa)
-    per_class = {c: mean_std(sens[:, i]) for i, c in enumerate(CLASSES)}
+    per_class = {c: mean_std(sens[:, i]) for i, c in enumerate(classes)}
     grand = np.sum([run_matrices[r] for r in runs], axis=0)
     return {
+        "classes": list(classes),
         "runs": runs,
         "oa_per_run": oa,
         "sensitivity_per_run": sens.tolist(),

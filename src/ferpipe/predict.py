@@ -34,7 +34,14 @@ from .config import CLASSES
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".pgm", ".ppm"}
 DEFAULT_MODEL = Path("artifacts/final_model")
-COLUMNS = ["file", "label", *CLASSES, "face", "error"]
+
+
+def columns(classes) -> list[str]:
+    """Output columns for a model of these classes (its model.json / MLflow metadata)."""
+    return ["file", "label", *classes, "face", "error"]
+
+
+COLUMNS = columns(CLASSES)  # for a model of the paper's seven classes
 CHUNK = 64  # files decoded and classified at a time
 
 
@@ -66,6 +73,7 @@ class LocalModel:
 
         self.predictor = FerPredictor.load(folder, batch_size=batch_size)
         self.face_crop = self.predictor.face_crop
+        self.classes = self.predictor.classes
 
     def predict(self, blobs: list, face_crop: str | None) -> list[dict]:
         return self.predictor.predict_bytes(blobs, face_crop)
@@ -82,6 +90,8 @@ class MlflowModel:
         self.model = mlflow.pyfunc.load_model(uri)
         params = self.model.metadata.get_params_schema()
         self.face_crop = next((p.default for p in (params.params if params else []) if p.name == "face_crop"), "none")
+        custom = getattr(self.model.metadata, "metadata", None) or {}
+        self.classes = list(custom.get("classes") or CLASSES)  # final_model logs the model's class list
 
     def predict(self, blobs: list, face_crop: str | None) -> list[dict]:
         import base64
@@ -94,7 +104,7 @@ class MlflowModel:
         ok = [i for i, b in enumerate(blobs) if not isinstance(b, Exception)]
         for i, b in enumerate(blobs):
             if isinstance(b, Exception):
-                rows[i] = error_row(b)
+                rows[i] = error_row(b, self.classes)
         if ok:
             frame = pd.DataFrame({"image": [base64.b64encode(blobs[i]).decode("ascii") for i in ok]})
             out = self.model.predict(frame, params={"face_crop": face_crop} if face_crop else None)
@@ -128,8 +138,8 @@ def predict_files(model, files: list[tuple[str, Path | None, str]], face_crop: s
         rows += model.predict(blobs, face_crop)
     out = []
     for (name, _p, _e), row in zip(files, rows, strict=True):
-        rec = {"file": name, **{k: row.get(k) for k in COLUMNS if k != "file"}}
-        for c in CLASSES:
+        rec = {"file": name, **{k: row.get(k) for k in columns(model.classes) if k != "file"}}
+        for c in model.classes:
             v = rec[c]
             rec[c] = None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
         label = rec["label"]
@@ -140,12 +150,12 @@ def predict_files(model, files: list[tuple[str, Path | None, str]], face_crop: s
     return out
 
 
-def table(rows: list[dict]) -> str:
-    head = ["file", "label", *CLASSES, "note"]
+def table(rows: list[dict], classes=CLASSES) -> str:
+    head = ["file", "label", *classes, "note"]
     lines = []
     for r in rows:
         note = r["error"] or ("no face found (centre square used)" if r["face"] == "not_found" else "")
-        probs = [f"{r[c]:.3f}" if r[c] is not None else "-" for c in CLASSES]
+        probs = [f"{r[c]:.3f}" if r[c] is not None else "-" for c in classes]
         lines.append([r["file"], r["label"] or "ERROR", *probs, note])
     widths = [max(len(h), *(len(str(line[i])) for line in lines)) if lines else len(h) for i, h in enumerate(head)]
     widths[-1] = len(head[-1])  # the note column runs free
@@ -159,7 +169,7 @@ def write_outputs(rows: list[dict], csv_path: Path | None, json_path: Path | Non
     if csv_path:
         import pandas as pd
 
-        frame = pd.DataFrame(rows, columns=COLUMNS)
+        frame = pd.DataFrame(rows, columns=columns(meta.get("classes", CLASSES)))
         write_text(csv_path, frame.to_csv(index=False, lineterminator="\n", float_format="%.6f"))
     if json_path:
         write_json(json_path, {**meta, "predictions": rows})
@@ -205,12 +215,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"predict: {r['file']}: {r['error']}", file=sys.stderr)
         elif r["face"] == "not_found":
             print(f"predict: {r['file']}: no face found, classified the centre square", file=sys.stderr)
-    meta = {"model": args.model, "face_crop": face_crop, "classes": list(CLASSES), "n_files": len(rows),
+    meta = {"model": args.model, "face_crop": face_crop, "classes": list(model.classes), "n_files": len(rows),
             "n_predicted": n_ok, "n_failed": len(rows) - n_ok,
             "seconds": {"load_model": round(t_load, 3), "predict": round(t_pred, 3)}}  # fmt: skip
     write_outputs(rows, args.csv, args.json, meta)
     if not args.quiet:
-        print(table(rows))
+        print(table(rows, model.classes))
     print(f"predict: {n_ok}/{len(rows)} file(s) classified (face crop: {face_crop}); "
           f"model load {t_load:.1f} s, {t_pred / max(len(rows), 1):.3f} s per file", file=sys.stderr)  # fmt: skip
     return 0 if n_ok else 1

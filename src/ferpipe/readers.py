@@ -54,8 +54,11 @@ class DatasetError(ValueError):
 
 
 def normalize_label(raw: str) -> str | None:
-    """Canonical class name, or None for labels outside the 7 (e.g. 'contempt')."""
-    return LABEL_SYNONYMS.get(str(raw).strip().lower())
+    """Canonical class name: a known synonym's class (one of the paper's 7), else the label
+    itself in lower case (e.g. 'contempt'; which labels a run keeps is ``data.classes``).
+    None for an empty label."""
+    key = str(raw).strip().lower()
+    return LABEL_SYNONYMS.get(key, key or None)
 
 
 @dataclass

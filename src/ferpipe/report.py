@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import config, paper, tracking
+from . import classes, config, paper, tracking
 from .config import CLASSES
 from .io import atomic_dir, read_run_record, write_bytes, write_json, write_text
 from .metrics import pm
@@ -102,6 +102,19 @@ class Note:
 class Pre:
     text: str
 
+
+
+def run_classes(agg: dict) -> tuple[str, ...]:
+    """The class list of the aggregated results (the paper's seven for older summaries)."""
+    for by_p in agg.values():
+        for s in by_p.values():
+            return tuple(s.get("classes", CLASSES))
+    return CLASSES
+
+
+def comparable(agg: dict) -> bool:
+    """Published numbers are shown only for the paper's seven classes."""
+    return classes.matches_paper(run_classes(agg))
 
 def _inline_html(text: str) -> str:
     """Escape, then `code` and **bold** (the only markup the report's own text uses)."""
@@ -255,18 +268,19 @@ def fig_sensitivity_vs_paper(resnet: dict[str, dict[str, dict]]) -> bytes:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    series = [("paper (Li & Lima 2021)", [paper.SENSITIVITY_TOTAL[c][0] for c in CLASSES],
-               [paper.SENSITIVITY_TOTAL[c][1] for c in CLASSES])]  # fmt: skip
+    cls = run_classes(resnet)
+    series = [("paper (Li & Lima 2021)", [paper.SENSITIVITY_TOTAL[c][0] for c in cls],
+               [paper.SENSITIVITY_TOTAL[c][1] for c in cls])] if comparable(resnet) else []  # fmt: skip
     for m, by_p in resnet.items():
         for proto, s in by_p.items():
-            series.append((f"{m} / {proto}", [s["sensitivity_mean"][c] for c in CLASSES],
-                           [s["sensitivity_std"][c] for c in CLASSES]))  # fmt: skip
+            series.append((f"{m} / {proto}", [s["sensitivity_mean"][c] for c in cls],
+                           [s["sensitivity_std"][c] for c in cls]))  # fmt: skip
     fig, ax = plt.subplots(figsize=(8, 3.8))
-    x = np.arange(len(CLASSES))
+    x = np.arange(len(cls))
     width = 0.8 / len(series)
     for k, (label, mean, std) in enumerate(series):
         ax.bar(x + (k - (len(series) - 1) / 2) * width, mean, width, yerr=std, capsize=2, label=label)
-    ax.set_xticks(x, CLASSES, rotation=20)
+    ax.set_xticks(x, cls, rotation=20)
     ax.set_ylabel("sensitivity (%)")
     ax.set_ylim(0, 105)
     ax.set_title("Per-class sensitivity, mean ± std over runs: paper Table 1 vs this reproduction")
@@ -309,7 +323,8 @@ def dataset_section(inp: Inputs) -> list:
                 ["ingest time (s)", read_run_record(Path(inp.ingest_report).parent).get("seconds")]]  # fmt: skip
         blocks.append(Table(["ingest", "value"], rows, "Ingest"))
         counts = ing.get("class_counts") or {}
-        blocks.append(Table(["", *CLASSES, "total"], [["images", *(counts.get(c, 0) for c in CLASSES),
+        cls = ing.get("classes") or list(counts) or CLASSES
+        blocks.append(Table(["", *cls, "total"], [["images", *(counts.get(c, 0) for c in cls),
                                                        sum(counts.values())]], "Images per class"))  # fmt: skip
     else:
         blocks.append(Para(f"Ingest report `{inp.ingest_report}` not found."))
@@ -346,7 +361,7 @@ def dataset_section(inp: Inputs) -> list:
 def headline_section(agg: dict, compare: dict | None) -> list:
     rows = []
     for m, by_p in agg.items():
-        pub = paper.TABLE3.get(paper.published_key(m))
+        pub = paper.TABLE3.get(paper.published_key(m)) if comparable(agg) else None
         for proto, s in by_p.items():
             rows.append([m, proto, len(s["runs"]), pm(s["oa_mean"], s["oa_std"]), f"{s['grand_oa']:.2f}"
                          if isinstance(s.get("grand_oa"), (int, float)) else None,
@@ -359,6 +374,8 @@ def headline_section(agg: dict, compare: dict | None) -> list:
 
 
 def table2_section(resnet: dict) -> list:
+    if not comparable(resnet):  # other classes: the paper's per-run OA is not a reference
+        return []
     cols = ["run", "paper"]
     series = []
     for m, by_p in resnet.items():
@@ -377,19 +394,24 @@ def table2_section(resnet: dict) -> list:
 
 def table1_section(resnet: dict) -> list:
     blocks: list = [Heading(2, "Table 1: per-class sensitivity per run", "table1")]
-    rows = [[f"r{r}", *v] for r, v in enumerate(paper.SENSITIVITY_PER_RUN, 1)]
-    rows.append(["Total", *(pm(*paper.SENSITIVITY_TOTAL[c]) for c in CLASSES)])
-    blocks.append(Table(["run", *CLASSES], rows, "Paper (Li & Lima 2021, Table 1): sensitivity (%), 100 test images per class per run"))
+    cls, with_paper = run_classes(resnet), comparable(resnet)
+    if with_paper:
+        rows = [[f"r{r}", *v] for r, v in enumerate(paper.SENSITIVITY_PER_RUN, 1)]
+        rows.append(["Total", *(pm(*paper.SENSITIVITY_TOTAL[c]) for c in cls)])
+        blocks.append(Table(["run", *cls], rows, "Paper (Li & Lima 2021, Table 1): sensitivity (%), 100 test images per class per run"))
+    else:
+        blocks.append(Para(f"Classes of this run: {', '.join(cls)}: not the paper's seven, so the paper's "
+                           "per-class numbers are not shown."))  # fmt: skip
     for m, by_p in resnet.items():
         for proto, s in by_p.items():
             rows = [[f"r{r}", *v] for r, v in zip(s["runs"], s["sensitivity_per_run"], strict=True)]
-            rows.append(["Total", *(pm(s["sensitivity_mean"][c], s["sensitivity_std"][c]) for c in CLASSES)])
-            blocks.append(Table(["run", *CLASSES], rows, f"This reproduction: {m}, protocol {proto}"))
-    rows = [["paper", *(pm(*paper.SENSITIVITY_TOTAL[c]) for c in CLASSES)]]
+            rows.append(["Total", *(pm(s["sensitivity_mean"][c], s["sensitivity_std"][c]) for c in cls)])
+            blocks.append(Table(["run", *cls], rows, f"This reproduction: {m}, protocol {proto}"))
+    rows = [["paper", *(pm(*paper.SENSITIVITY_TOTAL[c]) for c in cls)]] if with_paper else []
     for m, by_p in resnet.items():
         for proto, s in by_p.items():
-            rows.append([f"{m} / {proto}", *(pm(s["sensitivity_mean"][c], s["sensitivity_std"][c]) for c in CLASSES)])
-    blocks.append(Table(["", *CLASSES], rows, "Total rows side by side: sensitivity mean ± std (%)"))
+            rows.append([f"{m} / {proto}", *(pm(s["sensitivity_mean"][c], s["sensitivity_std"][c]) for c in cls)])
+    blocks.append(Table(["", *cls], rows, "Total rows side by side: sensitivity mean ± std (%)"))
     return blocks
 
 
@@ -457,7 +479,8 @@ def figures_section(agg: dict, resnet: dict, agg_dir: Path, figures: list) -> li
             if m.startswith("resnet50"):
                 grand = s.get("grand_matrix")
                 if grand:
-                    blocks.append(Table(["true \\ predicted", *CLASSES], [[c, *row] for c, row in zip(CLASSES, grand, strict=True)],
+                    cls = s.get("classes", CLASSES)
+                    blocks.append(Table(["true \\ predicted", *cls], [[c, *row] for c, row in zip(cls, grand, strict=True)],
                                         f"Grand confusion matrix H, {len(s['runs'])} runs (counts)"))  # fmt: skip
             for fname, cap, for_baselines in FIGURES:
                 if not (m.startswith("resnet50") or for_baselines):

@@ -42,7 +42,14 @@ CONFIG_FILE = "model.json"
 FORMAT_VERSION = 1
 FACE_CROPS = ("none", "haar")
 TTA_MODES = ("prob", "logit", "none")  # frozen folds averaged probabilities, finetune logits
-OUTPUT_COLUMNS = ["label", *CLASSES, "face", "error"]
+
+
+def output_columns(classes: Sequence[str]) -> list[str]:
+    """The prediction table's columns for a model of these classes (model.json 'classes')."""
+    return ["label", *classes, "face", "error"]
+
+
+OUTPUT_COLUMNS = output_columns(CLASSES)  # for a model of the paper's seven classes
 
 
 class FerNet(nn.Module):
@@ -84,7 +91,7 @@ def save_model(net: FerNet, meta: dict[str, Any], out_dir: Path | str) -> dict[s
     out_dir = Path(out_dir)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     write_with(out_dir / MODEL_FILE, lambda p: save_file(state, str(p), metadata={"format": "ferpipe-fernet"}))
-    meta = {"format_version": FORMAT_VERSION, "classes": list(CLASSES), **meta}
+    meta = {"format_version": FORMAT_VERSION, "classes": list(CLASSES), **meta}  # meta names its classes
     write_json(out_dir / CONFIG_FILE, meta)
     return meta
 
@@ -94,8 +101,9 @@ def read_config(model_dir: Path | str) -> dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: not a ferpipe model folder (run the final_model stage)")
     meta = json.loads(path.read_text())
-    if list(meta.get("classes", [])) != list(CLASSES):
-        raise ValueError(f"{path}: model classes {meta.get('classes')} differ from {list(CLASSES)}")
+    cls = meta.get("classes")
+    if not isinstance(cls, list) or not cls or len(set(cls)) != len(cls):
+        raise ValueError(f"{path}: 'classes' must be a list of distinct class names, got {cls!r}")
     return meta
 
 
@@ -145,6 +153,7 @@ class FerPredictor:
     def __init__(self, net: FerNet, meta: dict[str, Any], batch_size: int = 16):
         self.net = net.eval().to(memory_format=torch.channels_last)
         self.meta = meta
+        self.classes = list(meta["classes"])  # the model's own class list (model.json)
         self.batch_size = batch_size
         self._croppers: dict[float, Any] = {}
 
@@ -191,7 +200,7 @@ class FerPredictor:
         for s in range(0, len(batch_u8), self.batch_size):
             x = torch.from_numpy(batch_u8[s : s + self.batch_size]).float().div_(255)
             out.append(self.net(x.contiguous(memory_format=torch.channels_last)).float().numpy())
-        return np.concatenate(out) if out else np.zeros((0, len(CLASSES)), dtype=np.float32)
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), dtype=np.float32)
 
     def predict_bytes(self, blobs: Sequence[bytes | Exception], face_crop: str | None = None) -> list[dict]:
         """One record per input: label, probabilities, face, error ('' when predicted).
@@ -207,7 +216,7 @@ class FerPredictor:
                     raise blob
                 arr, face = self.preprocess(decode_image(blob), face_crop)
             except Exception as exc:  # noqa: BLE001 - any undecodable input is that row's error
-                rows[i] = error_row(exc)
+                rows[i] = error_row(exc, self.classes)
                 continue
             rows[i] = {"face": face}
             arrays.append(arr)
@@ -215,7 +224,8 @@ class FerPredictor:
         if arrays:
             probs = self.probabilities(np.stack(arrays))
             for i, p in zip(where, probs, strict=True):
-                rows[i] = {"label": CLASSES[int(np.argmax(p))], **{c: float(v) for c, v in zip(CLASSES, p, strict=True)},
+                cls = self.classes
+                rows[i] = {"label": cls[int(np.argmax(p))], **{c: float(v) for c, v in zip(cls, p, strict=True)},
                            "face": rows[i]["face"], "error": ""}  # fmt: skip
         return rows
 
@@ -230,26 +240,26 @@ class FerPredictor:
                 blobs.append(b64_to_bytes(v))
             except ValueError as exc:
                 blobs.append(exc)
-        return to_frame(self.predict_bytes(blobs, face_crop))
+        return to_frame(self.predict_bytes(blobs, face_crop), self.classes)
 
 
-def to_frame(rows: list[dict]):
+def to_frame(rows: list[dict], classes: Sequence[str] = CLASSES):
     """Output DataFrame; with error rows the label/probability columns hold None (JSON null, not NaN)."""
     import pandas as pd
 
-    frame = pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
+    frame = pd.DataFrame(rows, columns=output_columns(classes))
     if any(r.get("error") for r in rows):
-        for col in ("label", *CLASSES):
+        for col in ("label", *classes):
             frame[col] = pd.Series([None if r.get("error") else r[col] for r in rows], dtype=object)
     return frame
 
 
-def error_row(exc: BaseException) -> dict:
+def error_row(exc: BaseException, classes: Sequence[str] = CLASSES) -> dict:
     text = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc))
     if type(exc).__name__ == "UnidentifiedImageError":
         text = "cannot identify image file (corrupt, or not an image format Pillow reads)"
     msg = f"{type(exc).__name__}: {text}".strip()
-    return {"label": None, **{c: math.nan for c in CLASSES}, "face": "", "error": msg[:500]}
+    return {"label": None, **{c: math.nan for c in classes}, "face": "", "error": msg[:500]}
 
 
 def encode_files(paths: Iterable[Path | str]) -> list[str]:

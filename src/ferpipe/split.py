@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-from . import config
-from .config import CLASSES, PROTOCOLS, SplitParams, load_section
+from . import classes, config
+from .config import PROTOCOLS, SplitParams, load_section
 from .io import write_json, write_text
 
 ROLES = ("train", "val", "test")
@@ -42,12 +42,14 @@ def run_seed(seed: int, protocol: str, run: int) -> int:
     return int(ss.generate_state(1)[0])
 
 
-def assign_groups(manifest: pd.DataFrame, protocol: str, n_groups: int, seed: int) -> np.ndarray:
+def assign_groups(manifest: pd.DataFrame, protocol: str, n_groups: int, seed: int,
+                  run_classes: tuple[str, ...] | None = None) -> np.ndarray:  # fmt: skip
     """Group number (1..G) for every manifest row."""
-    y = manifest["label"].map(config.CLASS_TO_ID).to_numpy()
-    counts = np.bincount(y, minlength=len(CLASSES))
+    run_classes = run_classes or classes.resolve("auto", manifest["label"])
+    y = classes.label_ids(manifest["label"], run_classes)
+    counts = np.bincount(y, minlength=len(run_classes))
     if protocol == "stratified":
-        short = [f"{CLASSES[i]} ({n})" for i, n in enumerate(counts) if 0 < n < n_groups]
+        short = [f"{run_classes[i]} ({n})" for i, n in enumerate(counts) if 0 < n < n_groups]
         if short:
             raise SplitError(f"stratified split needs >= {n_groups} images per class; "
                              f"too few: {', '.join(short)}")  # fmt: skip
@@ -78,15 +80,17 @@ def assign_groups(manifest: pd.DataFrame, protocol: str, n_groups: int, seed: in
     return group
 
 
-def make_plan(manifest: pd.DataFrame, p: SplitParams) -> tuple[pd.DataFrame, dict]:
+def make_plan(manifest: pd.DataFrame, p: SplitParams,
+              run_classes: tuple[str, ...] | None = None) -> tuple[pd.DataFrame, dict]:  # fmt: skip
     if p.n_groups < 3:
         raise SplitError(f"split.n_groups must be >= 3 (one test, one validation, >= 1 train); got {p.n_groups}")
+    run_classes = run_classes or classes.resolve("auto", manifest["label"])
     images = manifest["path"].to_numpy()
     frames, groups_summary = [], {}
     for protocol in p.protocols:
         for run in range(1, p.n_runs + 1):
-            group = assign_groups(manifest, protocol, p.n_groups, run_seed(p.seed, protocol, run))
-            sizes = pd.crosstab(manifest["label"], group).reindex(CLASSES, fill_value=0)
+            group = assign_groups(manifest, protocol, p.n_groups, run_seed(p.seed, protocol, run), run_classes)
+            sizes = pd.crosstab(manifest["label"], group).reindex(run_classes, fill_value=0)
             groups_summary[f"{protocol}/run{run:02d}"] = {
                 "group_sizes": np.bincount(group, minlength=p.n_groups + 1)[1:].tolist(),
                 "per_class_min": int(sizes.to_numpy().min()),
@@ -130,16 +134,16 @@ def distinct_groupings(plan: pd.DataFrame) -> dict[str, dict]:
     return out
 
 
-def plan_markdown(plan: pd.DataFrame, manifest: pd.DataFrame) -> str:
+def plan_markdown(plan: pd.DataFrame, manifest: pd.DataFrame, run_classes: tuple[str, ...]) -> str:
     lab = manifest.set_index("path")["label"]
     first = plan[(plan["run"] == 1)]
     lines = ["# Split plan summary", ""]
     for protocol, df in first.groupby("protocol", sort=False):
         test = df[df["role"] == "test"]
-        tab = pd.crosstab(test["fold"], test["image"].map(lab)).reindex(columns=CLASSES, fill_value=0)
+        tab = pd.crosstab(test["fold"], test["image"].map(lab)).reindex(columns=run_classes, fill_value=0)
         lines += [f"## {protocol}: test images per class and fold (run 1)", "",
-                  "| fold | " + " | ".join(CLASSES) + " | total |",
-                  "|---" * (len(CLASSES) + 2) + "|"]  # fmt: skip
+                  "| fold | " + " | ".join(run_classes) + " | total |",
+                  "|---" * (len(run_classes) + 2) + "|"]  # fmt: skip
         for fold, row in tab.iterrows():
             lines.append(f"| {fold} | " + " | ".join(str(v) for v in row) + f" | {row.sum()} |")
         lines.append("")
@@ -155,8 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         p = load_section("split", args.params)
         manifest = pd.read_csv(args.manifest, dtype={"subject": str}, keep_default_na=False)
-        plan, summary = make_plan(manifest, p)
-    except (SplitError, config.ParamsError, FileNotFoundError) as exc:
+        run_classes = classes.read(args.manifest)
+        plan, summary = make_plan(manifest, p, run_classes)
+    except (SplitError, config.ParamsError, FileNotFoundError, ValueError) as exc:
         print(f"split: error: {exc}", file=sys.stderr)
         return 2
     for protocol, d in summary["distinct_groupings"].items():
@@ -167,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)  # fmt: skip
     write_text(args.out / "split_plan.csv", plan.to_csv(index=False, lineterminator="\n"))
     write_json(args.out / "split_summary.json", summary)
-    write_text(args.out / "split_summary.md", plan_markdown(plan, manifest))
+    write_text(args.out / "split_summary.md", plan_markdown(plan, manifest, run_classes))
     print(f"split: {len(plan)} rows for protocols {p.protocols}, {p.n_runs} runs x {p.n_groups} folds")
     return 0
 

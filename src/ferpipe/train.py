@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import config, data, finetune, heads, runners, tracking
+from . import classes, config, data, finetune, heads, runners, tracking
 from .config import CLASSES, ParamsError
 from .features import CACHE_NAME, cached_features, extract_features
 from .foldio import FoldResult, config_hash, finished_fold, fold_path, save_fold
@@ -41,10 +41,10 @@ from .train_params import TrainParams, fold_seed, resolve_runtime
 log = logging.getLogger("ferpipe.train")
 
 # ---------------------------------------------------------------- finetune mode
-def finetune_fold(pretrained: dict, images, y, roles, p: TrainParams, device, dtype, seed: int):
+def finetune_fold(pretrained: dict, images, y, roles, p: TrainParams, device, dtype, seed: int, n_classes: int):
     """The paper's method on one fold (ferpipe.finetune): -> (test probabilities, info)."""
-    model, info = finetune.finetune(pretrained, images, y, roles, p, device, dtype, seed, len(CLASSES))
-    pt, _ = finetune.evaluate(model, images, y, roles["test"], p, device, dtype, len(CLASSES))
+    model, info = finetune.finetune(pretrained, images, y, roles, p, device, dtype, seed, n_classes)
+    pt, _ = finetune.evaluate(model, images, y, roles["test"], p, device, dtype, n_classes)
     return pt, info
 
 
@@ -67,6 +67,7 @@ class FoldContext:
     results_dir: Path
     image_names: list[str]
     y: np.ndarray
+    classes: tuple[str, ...] = CLASSES  # the run's class list (ferpipe.classes)
     feats: np.ndarray | None = None  # frozen mode
     images: torch.Tensor | None = None  # finetune mode
     pretrained: dict | None = None  # finetune mode
@@ -91,7 +92,7 @@ def _fold_result(ctx: FoldContext, task: FoldTask, probs: np.ndarray, info: dict
     res = FoldResult(ctx.method, task.protocol, task.run, task.fold, ctx.chash,
                      images=[ctx.image_names[i] for i in te], y_true=ctx.y[te].tolist(),
                      y_pred=probs.argmax(1).tolist(), probabilities=np.round(probs, 6).tolist(),
-                     extra=info, seconds=round(seconds, 4))  # fmt: skip
+                     extra=info, classes=ctx.classes, seconds=round(seconds, 4))  # fmt: skip
     save_fold(ctx.results_dir, res)
     return res
 
@@ -105,7 +106,7 @@ def compute_folds(ctx: FoldContext, tasks: list[FoldTask]) -> list[FoldResult]:
     if p.mode == "frozen":
         pad = ctx.pad_rows or ctx.feats.shape[0] * ctx.feats.shape[1]
         problems = [heads.FoldHeadProblem(t.roles["train"], t.roles["val"], t.roles["test"]) for t in tasks]
-        fitted = heads.fit_fold_heads(ctx.feats, ctx.y, problems, p.head_c_grid, len(CLASSES), pad,
+        fitted = heads.fit_fold_heads(ctx.feats, ctx.y, problems, p.head_c_grid, len(ctx.classes), pad,
                                       p.head_max_iter, p.head_tol)
         each = (time.time() - t0) / max(len(tasks), 1)  # one solve: its time shared evenly
         return [_fold_result(ctx, t, probs, info, each) for t, (probs, info) in zip(tasks, fitted, strict=True)]
@@ -114,7 +115,7 @@ def compute_folds(ctx: FoldContext, tasks: list[FoldTask]) -> list[FoldResult]:
     for t in tasks:
         t0 = time.time()
         seed = fold_seed(p.seed, t.protocol, t.run, t.fold)
-        probs, info = finetune_fold(ctx.pretrained, ctx.images, ctx.y, t.roles, p, device, dtype, seed)
+        probs, info = finetune_fold(ctx.pretrained, ctx.images, ctx.y, t.roles, p, device, dtype, seed, len(ctx.classes))
         out.append(_fold_result(ctx, t, probs, info, time.time() - t0))
     return out
 
@@ -159,13 +160,16 @@ def run_training(manifest_path: Path, plan_path: Path, weights: Path, out: Path,
     manifest = data.read_manifest(manifest_path)
     plan = select_folds(data.read_plan(plan_path), p)
     index_of = data.check_plan_matches(plan, manifest)
-    y = data.labels_of(manifest)
+    run_classes = classes.read(manifest_path)
+    y = data.labels_of(manifest, run_classes)
     if not weights.exists():
         raise FileNotFoundError(f"{weights}: weights not found (run the weights stage)")
     cfg = {k: v for k, v in dataclasses.asdict(p).items() if k not in ("log_mlflow", "max_runs", "max_folds", "workers")}
     cfg.update(weights_sha256=sha256_file(weights), manifest_sha256=sha256_file(manifest_path),
                torch=torch.__version__, device=device.type, dtype=str(dtype))
-    ctx = FoldContext(p, p.method, config_hash(cfg), out / p.method, manifest["path"].tolist(), y)
+    if not classes.matches_paper(run_classes):  # (the paper's seven leave earlier hashes valid)
+        cfg["classes"] = list(run_classes)
+    ctx = FoldContext(p, p.method, config_hash(cfg), out / p.method, manifest["path"].tolist(), y, run_classes)
     timings = {}
 
     t0 = time.time()

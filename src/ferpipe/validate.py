@@ -19,8 +19,8 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from . import config
-from .config import CLASSES, load_section
+from . import classes, config
+from .config import load_section
 from .io import write_json, write_text
 
 REQUIRED_COLUMNS = ["path", "label", "subject", "source_path", "sha256", "width", "height"]
@@ -58,17 +58,17 @@ def label_conflicts(manifest: pd.DataFrame) -> pd.Series:
     return n_labels > 1
 
 
-def build_checks(manifest: pd.DataFrame, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def build_checks(manifest: pd.DataFrame, root: Path, run_classes) -> tuple[pd.DataFrame, pd.DataFrame]:
     df = probe_images(manifest, root)
     df["label_conflict"] = label_conflicts(df)
     df["duplicate_source"] = df.duplicated("sha256", keep=False)
     counts = df["label"].value_counts()
-    per_class = pd.DataFrame({"label": list(CLASSES), "n_images": [int(counts.get(c, 0)) for c in CLASSES]})
+    per_class = pd.DataFrame({"label": list(run_classes), "n_images": [int(counts.get(c, 0)) for c in run_classes]})
     return df, per_class
 
 
 def run_suite(df: pd.DataFrame, per_class: pd.DataFrame, image_size: int, n_groups: int,
-              require_subject: bool, fail_on_duplicates: bool) -> list[dict]:  # fmt: skip
+              require_subject: bool, fail_on_duplicates: bool, run_classes) -> list[dict]:  # fmt: skip
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
     import great_expectations as gx
@@ -86,7 +86,7 @@ def run_suite(df: pd.DataFrame, per_class: pd.DataFrame, image_size: int, n_grou
     rows = [
         E.ExpectColumnValuesToNotBeNull(column="path"),
         E.ExpectColumnValuesToBeUnique(column="path"),
-        E.ExpectColumnValuesToBeInSet(column="label", value_set=list(CLASSES)),
+        E.ExpectColumnValuesToBeInSet(column="label", value_set=list(run_classes)),
         E.ExpectColumnValuesToBeInSet(column="file_exists", value_set=[True]),
         E.ExpectColumnValuesToBeInSet(column="decodes", value_set=[True]),
         E.ExpectColumnValuesToBeBetween(column="actual_width", min_value=image_size, max_value=image_size),
@@ -127,7 +127,7 @@ def run_suite(df: pd.DataFrame, per_class: pd.DataFrame, image_size: int, n_grou
     return results
 
 
-def explain(result: dict, df: pd.DataFrame, per_class: pd.DataFrame) -> str:
+def explain(result: dict, df: pd.DataFrame, per_class: pd.DataFrame, run_classes, setting=None) -> str:
     col = result["kwargs"].get("column", "")
     msgs = {
         "file_exists": "image file missing or empty",
@@ -136,14 +136,18 @@ def explain(result: dict, df: pd.DataFrame, per_class: pd.DataFrame) -> str:
         "actual_height": "image height differs from ingest.image_size",
         "label_conflict": "the same source image (sha256) carries different labels",
         "duplicate_source": "the same source image appears more than once",
-        "label": f"label outside {list(CLASSES)}",
+        "label": f"label outside the run's classes {list(run_classes)}",
         "subject": "subject id missing (needed for the subject protocol)",
         "n_images": "too few images in a class for the protocol's groups",
     }
     what = msgs.get(col, result["expectation"])
     if result["table"] == "class_counts":
         short = per_class[per_class["label"].isin(result["offending"])]
-        return f"{what}: " + ", ".join(f"{r.label}={r.n_images}" for r in short.itertuples())
+        msg = f"{what}: " + ", ".join(f"{r.label}={r.n_images}" for r in short.itertuples())
+        if setting == "paper" and (short["n_images"] == 0).any():
+            msg += (" (data.classes: paper needs all of the paper's classes; data.classes: auto keeps the classes "
+                    "this dataset has, or list them explicitly)")  # fmt: skip
+        return msg
     offenders = result["offending"]
     if col == "label_conflict":
         bad = df[df["path"].isin(offenders)]
@@ -162,8 +166,10 @@ def validate(manifest_path: Path, out_dir: Path, image_size: int, n_groups: int,
     missing = [c for c in REQUIRED_COLUMNS if c not in manifest.columns]
     for c in missing:  # add empty columns so the suite reports them instead of crashing
         manifest[c] = ""
-    df, per_class = build_checks(manifest, manifest_path.parent)
-    results = run_suite(df, per_class, image_size, n_groups, require_subject, fail_on_duplicates)
+    run_classes = classes.read(manifest_path)
+    setting = classes.read_setting(manifest_path)
+    df, per_class = build_checks(manifest, manifest_path.parent, run_classes)
+    results = run_suite(df, per_class, image_size, n_groups, require_subject, fail_on_duplicates, run_classes)
     for r in results:
         if r["expectation"] == "expect_column_to_exist" and r["kwargs"]["column"] in missing:
             r["success"] = False
@@ -173,11 +179,12 @@ def validate(manifest_path: Path, out_dir: Path, image_size: int, n_groups: int,
         "success": not failed,
         "manifest": str(manifest_path),
         "n_images": int(len(df)),
+        "classes": list(run_classes),
         "class_counts": dict(zip(per_class["label"], per_class["n_images"].astype(int).tolist(), strict=True)),
         "n_subjects": int(df.loc[df["subject"].astype(str) != "", "subject"].nunique()),
         "duplicate_sources": dup.groupby("sha256")["path"].apply(list).tolist(),
         "failures": [{"expectation": r["expectation"], "column": r["kwargs"].get("column"),
-                      "message": explain(r, df, per_class)} for r in failed],  # fmt: skip
+                      "message": explain(r, df, per_class, run_classes, setting)} for r in failed],  # fmt: skip
         "expectations": results,
     }
     lines = ["# Data validation (Great Expectations)", "",

@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .. import config
-from ..config import CLASS_TO_ID, CLASSES, ParamsError, load_section, register_section
+from .. import classes, config
+from ..config import ParamsError, load_section, register_section
 from ..foldio import FoldResult, config_hash, finished_fold, fold_path, save_fold
 from ..io import sha256_file, write_json, write_run_record
 from . import DESCRIPTION, METHODS, features, slfn
@@ -223,7 +223,7 @@ def _val_score(prob: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 
 # ---------------------------------------------------------------- per-fold models
-def fit_hwt(feats, y, roles, p: BaselinesParams, seed: np.random.SeedSequence):
+def fit_hwt(feats, y, roles, p: BaselinesParams, seed: np.random.SeedSequence, n_classes: int):
     """Linear classifier on standardised Haar features; C chosen on val (linsvm: softmax of margins)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.svm import LinearSVC
@@ -240,7 +240,7 @@ def fit_hwt(feats, y, roles, p: BaselinesParams, seed: np.random.SeedSequence):
         else:
             model = LinearSVC(C=c, max_iter=5000, random_state=rs).fit(xtr, y[tr])
             pv = slfn.softmax(model.decision_function(xva))
-        full = np.zeros((len(va), len(CLASSES)))
+        full = np.zeros((len(va), n_classes))
         full[:, model.classes_] = pv
         acc, loss = _val_score(full, y[va])
         curve.append({"C": c, "val_accuracy": acc, "val_loss": round(loss, 5)})
@@ -248,14 +248,15 @@ def fit_hwt(feats, y, roles, p: BaselinesParams, seed: np.random.SeedSequence):
             best = (acc, loss, c, model)
     acc, loss, c, model = best
     raw = model.predict_proba(xte) if p.hwt_classifier == "logreg" else slfn.softmax(model.decision_function(xte))
-    prob = np.zeros((len(te), len(CLASSES)))
+    prob = np.zeros((len(te), n_classes))
     prob[:, model.classes_] = raw
     info = {"selected": {"C": c, "val_accuracy": acc, "val_loss": round(loss, 5), "n_features": feats.shape[1]},
             "curves": {"grid": curve}}  # fmt: skip
     return prob, info
 
 
-def fit_slfn(method: str, feats, y, roles, p: BaselinesParams, seeds: dict[int, np.random.SeedSequence]):
+def fit_slfn(method: str, feats, y, roles, p: BaselinesParams, seeds: dict[int, np.random.SeedSequence],
+             n_classes: int):
     tr, va, te = roles["train"], roles["val"], roles["test"]
     xtr, xva, xte = feats[tr], feats[va], feats[te]
     info_sel: dict = {}
@@ -276,7 +277,7 @@ def fit_slfn(method: str, feats, y, roles, p: BaselinesParams, seeds: dict[int, 
             kw.update(elites=p.bbo_elites, mutation_prob=p.bbo_mutation_prob, mutation_scale=p.bbo_mutation_scale)
     best, curve, histories = None, [], {}
     for h in p.hidden_grid:
-        obj = slfn.SLFNObjective(xtr, y[tr], h, len(CLASSES), p.activation, p.fitness, p.error_weight)
+        obj = slfn.SLFNObjective(xtr, y[tr], h, n_classes, p.activation, p.fitness, p.error_weight)
         lo, hi = obj.bounds(p.weight_bound)
         res = OPTIMIZERS[opt_name](obj, lo, hi, seed=np.random.default_rng(seeds[h]), **kw)
         train_acc = float((obj.predict_proba(res.x, xtr).argmax(1) == y[tr]).mean())
@@ -323,9 +324,7 @@ def run_baselines(manifest_path: Path, plan_path: Path, out: Path, p: BaselinesP
 
     t_start = time.perf_counter()
     manifest = features.read_manifest(manifest_path)
-    unknown = sorted(set(manifest["label"]) - set(CLASS_TO_ID))
-    if unknown:
-        raise ValueError(f"{manifest_path}: unknown label(s) {unknown}; expected {list(CLASSES)}")
+    run_classes = classes.read(manifest_path)  # the run's class list; unknown labels are a named error below
     plan = select_folds(features.read_plan(plan_path), p)
     if plan.empty:
         raise ValueError(f"{plan_path}: no folds selected (max_runs={p.max_runs}, max_folds={p.max_folds})")
@@ -335,7 +334,7 @@ def run_baselines(manifest_path: Path, plan_path: Path, out: Path, p: BaselinesP
     if missing:
         raise ValueError(f"split plan names {len(missing)} image(s) not in the manifest, e.g. {missing[:3]}: "
                          "rerun the split stage")  # fmt: skip
-    y = manifest["label"].map(CLASS_TO_ID).to_numpy(dtype=np.int64)
+    y = classes.label_ids(manifest["label"], run_classes, str(manifest_path))
     folds = list(fold_indices(plan, index_of))
     manifest_sha = sha256_file(manifest_path)
     versions = {"numpy": np.__version__, "pywt": __import__("pywt").__version__}
@@ -349,7 +348,8 @@ def run_baselines(manifest_path: Path, plan_path: Path, out: Path, p: BaselinesP
     with threadpool_limits(limits=p.threads):
         for method in p.methods:
             # result_format 2: fold files carry extra.method_config_hash (aggregate's mixed-config check)
-            mcfg = {**p.method_config(method), "manifest_sha256": manifest_sha, **versions, "result_format": 2}
+            mcfg = {**p.method_config(method), "manifest_sha256": manifest_sha, **versions, "result_format": 2,
+                    **({} if classes.matches_paper(run_classes) else {"classes": list(run_classes)})}  # fmt: skip
             mhash = config_hash(mcfg)
             results_dir = out / method
             done: list[FoldResult] = []
@@ -369,16 +369,18 @@ def run_baselines(manifest_path: Path, plan_path: Path, out: Path, p: BaselinesP
                 feats = cache.get(method, lambda m=method, im=images: compute_features(m, im, p))
                 t0 = time.perf_counter()
                 if method == "hwt":
-                    prob, info = fit_hwt(feats, y, roles, p, fold_seed(p.seed, method, protocol, run, fold))
+                    prob, info = fit_hwt(feats, y, roles, p, fold_seed(p.seed, method, protocol, run, fold),
+                                         len(run_classes))  # fmt: skip
                 else:
                     seeds = {h: fold_seed(p.seed, method, protocol, run, fold, h) for h in p.hidden_grid}
-                    prob, info = fit_slfn(method, feats, y, roles, p, seeds)
+                    prob, info = fit_slfn(method, feats, y, roles, p, seeds, len(run_classes))
                 dt = time.perf_counter() - t0
                 info["method_config_hash"] = mhash  # chash also covers the fold's images (resume safety)
                 te = roles["test"]
                 res = FoldResult(method, protocol, run, fold, chash, images=paths[te].tolist(),
                                  y_true=y[te].tolist(), y_pred=prob.argmax(1).tolist(),
-                                 probabilities=np.round(prob, 6).tolist(), extra=info, seconds=round(dt, 4))  # fmt: skip
+                                 probabilities=np.round(prob, 6).tolist(), extra=info, classes=run_classes,
+                                 seconds=round(dt, 4))  # fmt: skip
                 save_fold(results_dir, res)
                 done.append(res)
                 fold_s[protocol] = fold_s.get(protocol, 0.0) + dt
