@@ -264,10 +264,10 @@ def prepare_cluster(client, address: str, wait_s: float = 60.0) -> int:
 
 
 # ---------------------------------------------------------------- tasks and flow
-def _fold_task_fn(ctx, task, scratch: bool):
-    """One fold on whatever worker runs it (``scratch``: write the fold file to a temp dir)."""
-    from ferpipe.train import compute_fold
-
+def _fold_task_fn(ctx, task, scratch: bool, compute_fold: Callable):
+    """One fold on whatever worker runs it (``scratch``: write the fold file to a temp dir).
+    ``compute_fold`` comes from the caller (a module-level function, pickled by reference),
+    so this package never imports a stage."""
     lock = _FINETUNE_LOCK if ctx.p.mode == "finetune" else contextlib.nullcontext()
     tmp = Path(tempfile.mkdtemp(prefix="ferpipe-fold-")) if scratch else None
     try:
@@ -293,7 +293,7 @@ def _fold_flow_fn(token: str, method: str, n_folds: int, runner_label: str) -> l
     from ferpipe.foldio import save_fold
 
     log = get_run_logger()
-    ctx, tasks = _JOBS[token]
+    ctx, tasks, compute = _JOBS[token]
     run_ctx = get_run_context()
     task_runner = run_ctx.task_runner
     remote = type(task_runner).__name__ == "DaskTaskRunner"
@@ -323,7 +323,7 @@ def _fold_flow_fn(token: str, method: str, n_folds: int, runner_label: str) -> l
     with submit_ctx:
         for t in tasks:
             name = f"{method}/{t.protocol}/run{t.run:02d}/fold{t.fold:02d}"
-            fut = fold_task.with_options(task_run_name=name).submit(ctx_ref, t, remote)
+            fut = fold_task.with_options(task_run_name=name).submit(ctx_ref, t, remote, compute)
             futures[fut] = t
     results: dict[tuple, object] = {}
     for i, fut in enumerate(as_completed(list(futures)), start=1):
@@ -343,8 +343,9 @@ def _make_flow():
     return flow(_fold_flow_fn, name="ferpipe-folds", persist_result=False, validate_parameters=False)
 
 
-def make_runner(spec: str) -> Callable:
-    """``runner(ctx, tasks) -> list[FoldResult]`` for a spec (see the module docstring).
+def make_runner(spec: str, compute: Callable) -> Callable:
+    """``runner(ctx, tasks) -> list[FoldResult]`` for a spec (see the module docstring);
+    ``compute(ctx, task)`` computes and saves one fold (e.g. ``ferpipe.train.compute_fold``).
 
     An unreachable ``dask://`` address fails here, within a few seconds, with a
     :class:`FanoutError` naming it (the train stage reports it and exits 2).
@@ -358,7 +359,7 @@ def make_runner(spec: str) -> Callable:
         if not tasks:
             return []
         token = uuid.uuid4().hex
-        _JOBS[token] = (ctx, list(tasks))
+        _JOBS[token] = (ctx, list(tasks), compute)
         try:
             flow = _make_flow().with_options(task_runner=task_runner_for(parsed, ctx),
                                              flow_run_name=f"{ctx.method}-{len(tasks)}-folds")  # fmt: skip

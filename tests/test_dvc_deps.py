@@ -78,3 +78,33 @@ def test_every_stage_lists_the_modules_it_runs():
 def test_closure_sees_lazy_and_relative_imports():
     files = {f.name for f in closure("ferpipe.final_model")}
     assert {"final_model.py", "heads.py", "features.py", "serving.py"} <= files
+
+
+def stage_modules() -> set[str]:
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    return {m.group(1) for s in stages.values() if (m := re.search(r"python -m (\S+)", s["cmd"]))}
+
+
+def test_no_stage_imports_another_stage():
+    stages = stage_modules()
+    offenders = {}
+    for mod in sorted(stages):
+        for f in closure(mod) - {module_file(mod)}:  # everything it pulls in, however indirectly
+            name = ".".join(f.relative_to(SRC).with_suffix("").parts)
+            if name in stages:
+                offenders.setdefault(mod, []).append(name)
+    assert not offenders, f"stage modules import other stages (move what they share into a library module): {offenders}"
+
+
+def test_no_import_loop_between_the_package_and_pipeline():
+    # train hands its compute function to pipeline.fanout (optional fan-out); pipeline must
+    # not import a stage back, or the two would form a loop
+    stages = stage_modules()
+    for f in (ROOT / "pipeline").glob("*.py"):
+        imported = set()
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+        assert not imported & stages, f"{f.name} imports stage module(s) {sorted(imported & stages)}"

@@ -112,6 +112,28 @@ def test_finetune_mode_reuses_train_and_saves_logit_tta(ws, tmp_path):
     rows = pred.predict_bytes([(ws / "ing" / "images" / os.listdir(ws / "ing" / "images")[0]).read_bytes()])
     assert rows[0]["label"] in CLASSES and abs(sum(rows[0][c] for c in CLASSES) - 1) < 1e-5
 
+    # predict (from the image files) gives the fold code's probabilities (finetune.evaluate on
+    # the same weights as a torchvision model), so serving preprocesses and averages like the folds
+    from ferpipe import data, finetune, predict
+    from ferpipe.model import build_resnet50, replace_head
+    from ferpipe.train_params import TrainParams
+
+    net, _ = serving.load_net(tmp_path / "ft")
+    model = replace_head(build_resnet50(1000, "v1"), len(CLASSES))
+    state = {**{k: v for k, v in net.backbone.state_dict().items()},
+             "fc.weight": net.head.weight, "fc.bias": net.head.bias}  # fmt: skip
+    model.load_state_dict(state, strict=True)
+    manifest = data.read_manifest(ws / "ing" / "manifest.csv")
+    images = data.load_images_uint8(manifest, ws / "ing", 32)
+    idx = np.arange(6)
+    p = TrainParams(image_size=32, batch_size=4, precision="fp32")
+    fold_probs, _ = finetune.evaluate(model, images, data.labels_of(manifest), idx, p, torch.device("cpu"), None, len(CLASSES))
+    files = [str(ws / "ing" / manifest["path"][i]) for i in idx]
+    assert predict.main([*files, "--model", str(tmp_path / "ft"), "--csv", str(tmp_path / "p.csv"), "--quiet"]) == 0
+    served = pd.read_csv(tmp_path / "p.csv")[list(CLASSES)].to_numpy()
+    assert np.abs(served - fold_probs).max() < 1e-4
+    assert not np.allclose(fold_probs, 1 / len(CLASSES), atol=1e-3)  # a trained head, not a uniform output
+
 
 def test_logged_registered_child_run_and_pyfunc(ws, store, monkeypatch, capsys):
     import mlflow

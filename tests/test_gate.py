@@ -151,3 +151,11 @@ def test_aggregate_format_detection(real):
     compare_like = {"stratified": {"hwt": {"oa_mean": 1.0}, "a vs b": {"wilcoxon_p": 0.01}}}
     assert not gate.is_aggregate_metrics(compare_like)
     assert not gate.is_aggregate_metrics({}) and not gate.is_aggregate_metrics([1])
+
+
+def test_workspace_gate_ignores_only_the_always_changed_report():
+    from pipeline.reproduce import stale_stages
+
+    assert stale_stages({"report": ["always changed"]}) == {}
+    stale = {"train": [{"changed deps": {"src/ferpipe/train.py": "modified"}}], "report": ["always changed"]}
+    assert stale_stages(stale) == {"train": stale["train"]}

@@ -84,7 +84,7 @@ def test_spec_parsing():
 def test_unreachable_address_fails_fast_and_names_it():
     t0 = time.time()
     with pytest.raises(fanout.FanoutError, match=r"tcp://127\.0\.0\.1:1\b.*dask scheduler"):
-        fanout.make_runner("dask://127.0.0.1:1")
+        fanout.make_runner("dask://127.0.0.1:1", train.compute_fold)
     assert time.time() - t0 < 10
 
 
@@ -105,10 +105,9 @@ def test_finetune_folds_never_overlap_in_one_process(tmp_path, monkeypatch):
         seen.append((c.p.mode, fanout._FINETUNE_LOCK.locked(), c.results_dir))
         return "ok"
 
-    monkeypatch.setattr(train, "compute_fold", fake_compute)
     ft = dataclasses.replace(ctx, p=dataclasses.replace(ctx.p, mode="finetune"))
-    assert fanout._fold_task_fn(ft, tasks[0], scratch=True) == "ok"
-    assert fanout._fold_task_fn(ctx, tasks[0], scratch=False) == "ok"
+    assert fanout._fold_task_fn(ft, tasks[0], True, fake_compute) == "ok"
+    assert fanout._fold_task_fn(ctx, tasks[0], False, fake_compute) == "ok"
     (m1, locked1, dir1), (m2, locked2, dir2) = seen
     assert (m1, locked1) == ("finetune", True) and (m2, locked2) == ("frozen", False)
     assert dir1 != ctx.results_dir and not dir1.exists()  # scratch, removed afterwards
@@ -158,7 +157,7 @@ def test_sequential_spec_is_the_plain_runner():
 def test_prefect_threads_match_sequential(prefect_api, sequential, tmp_path):
     tasks, expected = sequential
     ctx, _ = tiny_context(tmp_path)
-    got = fanout.make_runner("prefect:2")(ctx, tasks)
+    got = fanout.make_runner("prefect:2", train.compute_fold)(ctx, tasks)
     same(expected, got)
     assert len(list((tmp_path / ctx.method / "stratified").glob("run*_fold*.json"))) == len(tasks)
 
@@ -171,7 +170,7 @@ def test_dask_cluster_matches_sequential(prefect_api, sequential, tmp_path):
     ctx, _ = tiny_context(tmp_path)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         addr = cluster.scheduler_address.replace("tcp://", "dask://")
-        got = fanout.make_runner(addr)(ctx, tasks)
+        got = fanout.make_runner(addr, train.compute_fold)(ctx, tasks)
     same(expected, got)
     # the workers computed in scratch folders; this process wrote the real fold files
     files = sorted((tmp_path / ctx.method / "stratified").glob("run*_fold*.json"))

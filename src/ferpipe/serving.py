@@ -9,7 +9,7 @@ and ``model.json`` (classes, image size, preprocessing, face-crop setting).
 
 ``FerPredictor`` turns image file bytes (JPEG/PNG/TIFF/..., gray or colour, any size)
 into class probabilities with the same steps as the ingest stage (gray -> 3 channels,
-optional Haar face crop via ``ingest.FaceCropper``, centre square, bicubic resize). A file
+optional Haar face crop via ``imaging.FaceCropper``, centre square, bicubic resize). A file
 that cannot be decoded gets a row with an ``error`` message; the others still run.
 
 MLflow: this module is the pyfunc ``loader_module`` (``_load_pyfunc``), so a logged model
@@ -167,7 +167,7 @@ class FerPredictor:
         return self.meta["preprocessing"]["face_crop"]
 
     def _cropper(self):
-        from .ingest import FaceCropper
+        from .imaging import FaceCropper
 
         margin = float(self.meta["preprocessing"]["face_margin"])
         if margin not in self._croppers:
@@ -179,7 +179,7 @@ class FerPredictor:
         from PIL import Image
 
         from .config import IngestParams
-        from .ingest import normalise_image
+        from .imaging import normalise_image
 
         pre = self.meta["preprocessing"]
         face_crop = face_crop or pre["face_crop"]

@@ -139,7 +139,7 @@ def fold_runner(spec: str | None, p: TrainParams | None = None):
     if spec and spec != "sequential":
         from pipeline.fanout import make_runner  # optional: only when fan-out is asked for
 
-        return make_runner(spec)
+        return make_runner(spec, compute_fold)
     if p is not None and p.workers > 1:
         return lambda ctx, tasks: runners.run_processes(ctx, tasks, compute_fold, p.workers, prepare=to_device)
     return run_sequential
