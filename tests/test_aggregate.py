@@ -48,3 +48,18 @@ def test_runs_from_different_plans_are_refused(tmp_path):
     write_runs(tmp_path / "res", images=lambda run, fold: [f"r{run}g{fold}_{k}" for k in range(5)])
     with pytest.raises(ValueError, match="run 2 tests other images than run 1"):
         run_aggregate(tmp_path)
+
+
+def test_under_trained_folds_are_counted_and_flagged(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    for f in range(1, 4):
+        y = rng.integers(0, 7, 5).tolist()
+        fit = {"train_accuracy": 0.8 if f < 3 else 0.99}
+        save_fold(tmp_path / "res" / "cso", FoldResult("cso", "stratified", 1, f, "h", [f"g{f}_{k}" for k in range(5)],
+                                                      y, y, extra={"selected": fit}))  # fmt: skip
+    aggregate([tmp_path / "res"], tmp_path / "agg", tmp_path / "m.json", make_plots=False)
+    import json
+
+    s = json.loads((tmp_path / "agg" / "cso" / "stratified" / "summary.json").read_text())
+    assert s["training_accuracy"]["n_folds_below"] == 2 and s["training_accuracy"]["of"] == 3
+    assert "training accuracy below 0.95 in 2/3 folds" in capsys.readouterr().err

@@ -94,6 +94,26 @@ def test_finetune_smoke_runs_and_writes_curves(workspace, tmp_path):
     assert r.extra["selected"]["best_epoch"] >= 1
 
 
+@pytest.mark.slow
+def test_two_worker_processes_give_the_sequential_results(workspace, tmp_path):
+    # train.workers: N runs folds in N spawned processes (a GPU runs several at once); every
+    # fold is seeded from its own (protocol, run, fold), so the results equal one process's
+    kw = dict(mode="finetune", epochs=1, max_runs=1, max_folds=2, batch_size=8)
+    seq = run(workspace, tmp_path / "seq", workers=1, **kw)
+    p = params(workers=2, **kw)
+    par = train.run_training(workspace / "ing" / "manifest.csv", workspace / "plan.csv", workspace / "w.safetensors",
+                             tmp_path / "par", p, runner=train.fold_runner(None, p))  # fmt: skip
+    assert seq["run"]["n_computed"] == par["run"]["n_computed"] == 4
+    a = [foldio.load_fold(f) for f in fold_files_of(tmp_path / "seq", "resnet50_finetune")]
+    b = [foldio.load_fold(f) for f in fold_files_of(tmp_path / "par", "resnet50_finetune")]
+    assert [(r.protocol, r.run, r.fold) for r in a] == [(r.protocol, r.run, r.fold) for r in b]
+    assert all(x.probabilities == y.probabilities and x.extra["curves"] == y.extra["curves"] for x, y in zip(a, b, strict=True))
+
+
+def fold_files_of(d, method):
+    return sorted((d / method).glob("*/run*_fold*.json"))
+
+
 def test_bad_params_named(tmp_path, capsys):
     (tmp_path / "p.yaml").write_text("train:\n  mode: frozzen\n")
     rc = train.main(["--params", str(tmp_path / "p.yaml"), "--out", str(tmp_path / "o")])

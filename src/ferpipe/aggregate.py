@@ -41,6 +41,9 @@ def collect(results_dirs: list[Path]) -> dict[tuple[str, str], dict[int, list]]:
     return found
 
 
+UNDERFIT_BELOW = 0.95  # training accuracy under which a fold's model counts as under-trained
+
+
 def check_complete(method: str, protocol: str, by_run: dict[int, list]) -> None:
     """Refuse, with a named error, results that are not whole runs of one configuration:
     every run has folds 1..G (the same G), no image is tested twice within a run, every run
@@ -174,6 +177,16 @@ def aggregate(results_dirs: list[Path], out: Path, metrics_path: Path, make_plot
         run_classes = next(iter(by_run.values()))[0].classes
         s = summarize({r: run_matrix(f.confusion_matrix for f in fs) for r, fs in by_run.items()}, run_classes)
         s.update(fold_statistics(by_run))
+        fit = [f.extra.get("selected", {}).get("train_accuracy") for fs in by_run.values() for f in fs]
+        fit = [v for v in fit if isinstance(v, int | float)]
+        if fit:  # a model that does not fit its own training set is under-trained, not weak by nature
+            low = sum(v < UNDERFIT_BELOW for v in fit)
+            s["training_accuracy"] = {"mean": round(float(np.mean(fit)), 4), "min": round(float(np.min(fit)), 4),
+                                      "n_folds_below": low, "threshold": UNDERFIT_BELOW, "of": len(fit)}  # fmt: skip
+            if low:
+                print(f"aggregate: warning: {method}/{protocol}: training accuracy below {UNDERFIT_BELOW} in "
+                      f"{low}/{len(fit)} folds (mean {np.mean(fit):.3f}): the model does not fit its training "
+                      "set; its test accuracy understates the method", file=sys.stderr)  # fmt: skip
         edge = [f.extra.get("selected", {}).get("at_grid_edge") for fs in by_run.values() for f in fs]
         if any(e is not None for e in edge):  # a hyper-parameter chosen at the end of its grid
             s["selected_at_grid_edge"] = {"n_folds": sum(bool(e) for e in edge), "of": len(edge)}

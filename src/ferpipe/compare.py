@@ -125,7 +125,7 @@ def compare(agg: Path) -> dict:
             pub = paper.TABLE3.get(paper.published_key(m)) if comparable else None
             rows.append({"method": m, "oa_mean": s["oa_mean"], "oa_std": s["oa_std"], "n_runs": len(s["runs"]),
                          "published_oa": pub[0] if pub else None, "published_std": pub[1] if pub else None,
-                         "sensitivity_mean": s["sensitivity_mean"]})  # fmt: skip
+                         "sensitivity_mean": s["sensitivity_mean"], "training_accuracy": s.get("training_accuracy")})  # fmt: skip
         tests = {}
         for m in by_method:
             if not m.startswith("resnet50"):
@@ -158,6 +158,12 @@ def markdown(result: dict) -> str:
             pub = pm(row["published_oa"], row["published_std"]) if row["published_oa"] is not None else "—"
             sens = " | ".join(f"{row['sensitivity_mean'][c]:.1f}" for c in cls)
             lines.append(f"| {row['method']} | {pub} | {pm(row['oa_mean'], row['oa_std'])} | {row['n_runs']} | {sens} |")
+        under = [row for row in r["methods"] if (row.get("training_accuracy") or {}).get("n_folds_below")]
+        for row in under:
+            ta = row["training_accuracy"]
+            lines += ["", f"**Under-trained: {row['method']}** reaches a training accuracy below {ta['threshold']} in "
+                      f"{ta['n_folds_below']}/{ta['of']} folds (mean {ta['mean']:.3f}): its network does not fit its "
+                      "own training set, so its OA understates the method (optimiser budget, input size)."]  # fmt: skip
         n_runs = max((row["n_runs"] for row in r["methods"]), default=0)
         k = r.get("n_distinct_groupings")
         lines += ["", f"Runs: {n_runs}; distinct groupings of the images into test groups: {k if k else 'unknown'}"
