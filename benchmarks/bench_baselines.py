@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         rm = run["methods"][method]
         for proto, s in ms["protocols"].items():
             oa = f"{s['oa_run_mean']:.2f} ± {s['oa_run_std']:.2f}"
-            wall_s = rm["fold_wall_s"].get(proto, 0.0)
+            wall_s = rm["fold_compute_s"].get(proto, 0.0)  # summed fold time (all workers)
             print(f"{method:<6} {proto:<11} {s['n_folds']:>5} {wall_s:>8.1f} {oa:>28}")
             figures["methods"].setdefault(method, {"features_s": rm["features_s"], "protocols": {}})
             figures["methods"][method]["protocols"][proto] = {

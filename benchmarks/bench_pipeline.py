@@ -48,7 +48,7 @@ def synthetic(n: int, runs: int, groups: int, dim: int, tmp: Path):
     import numpy as np
     import pandas as pd
 
-    from ferpipe import data, split, train
+    from ferpipe import cv, data, split, train
     from ferpipe.config import CLASSES, SplitParams
 
     manifest = pd.DataFrame({"path": [f"i{i:04d}.png" for i in range(n)], "label": [CLASSES[i % 7] for i in range(n)],
@@ -60,7 +60,7 @@ def synthetic(n: int, runs: int, groups: int, dim: int, tmp: Path):
     feats[:, :, :7] += 1.5 * np.eye(7, dtype=np.float32)[y]
     p = train.TrainParams(threads=1, log_mlflow=False)
     ctx = train.FoldContext(p, p.method, "bench", tmp / p.method, manifest["path"].tolist(), y, feats=feats)
-    tasks = [train.FoldTask(pr, r, f, roles) for pr, r, f, roles in data.fold_indices(plan, data.check_plan_matches(plan, manifest))]
+    tasks = [train.FoldTask(pr, r, f, roles) for pr, r, f, roles in cv.fold_indices(plan, data.check_plan_matches(plan, manifest))]
     return ctx, tasks
 
 

@@ -24,7 +24,7 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from ferpipe import config, data, finetune, runners, train  # noqa: E402
+from ferpipe import config, cv, data, finetune, runners, train  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     base = dict(config.read_params_file(args.params).get("train", {}), image_size=args.image_size)
     params = dict(parse_recipe(s, base) for s in args.recipe)
     manifest = data.read_manifest(args.manifest)
-    plan = data.read_plan(args.plan)
+    plan = cv.read_plan(args.plan)
     plan = plan[(plan.protocol == args.protocol) & (plan.run == args.run) & plan.fold.isin(folds)]
     index_of = data.check_plan_matches(plan, manifest)
     from safetensors.torch import load_file
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     ctx = Ctx("recipes", data.load_images_uint8(manifest, args.manifest.parent, args.image_size),
               data.labels_of(manifest), {k: v.float() for k, v in load_file(str(args.weights)).items()}, params)  # fmt: skip
     # fold-major order: under a time budget every recipe has the same folds done
-    tasks = [(name, pr, run, fold, roles) for pr, run, fold, roles in data.fold_indices(plan, index_of)
+    tasks = [(name, pr, run, fold, roles) for pr, run, fold, roles in cv.fold_indices(plan, index_of)
              for name in params]  # fmt: skip
     t0 = time.time()
     deadline = t0 + args.budget_s if args.budget_s else None

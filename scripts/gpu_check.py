@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     results = [r for protocol in config.PROTOCOLS for r in load_results(args.out / p.method, protocol)
                if r.config_hash == summary["config_hash"]]  # fmt: skip
     seen = sum(r.extra.get("train_images_seen", 0) for r in results)
-    plan = train.data.read_plan(args.plan)
+    plan = train.cv.read_plan(args.plan)
     n_runs_plan, n_groups = int(plan["run"].max()), int(plan["fold"].max())
     # the aggregate stage's format ({method: {protocol: summary}}) plus provenance keys
     out = {p.method: {}, "config": summary["config"], "recipe_selection": chosen}

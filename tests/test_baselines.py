@@ -287,3 +287,18 @@ def test_stage_repeats_exactly_and_defaults_without_section(synthetic, tmp_path)
     bad.write_text("baselines: {image_size: 72}\n")
     assert main(_argv(synthetic, tmp_path / "c", bad)) == 2
     assert not (tmp_path / "c").exists()
+
+
+def test_worker_processes_give_the_single_process_results(synthetic, tmp_path):
+    # baselines.workers fans folds out over processes; every fold is seeded from its own key
+    # and each process uses the same BLAS threads, so the fold files are byte-identical
+    manifest, plan, params = synthetic
+    one, two = tmp_path / "w1.yaml", tmp_path / "w2.yaml"
+    one.write_text(params.read_text() + "  workers: 1\n")
+    two.write_text(params.read_text() + "  workers: 2\n")
+    assert main(_argv(synthetic, tmp_path / "a", one)) == 0
+    assert main(_argv(synthetic, tmp_path / "b", two)) == 0
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").glob("*/*/run*_fold*.json"))
+    assert len(files) == 3 * 2 * 3
+    for rel in files:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel

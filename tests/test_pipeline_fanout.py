@@ -20,7 +20,7 @@ for key, value in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": 
                    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90"}.items():  # fmt: skip
     os.environ.setdefault(key, value)
 
-from ferpipe import data, foldio, split, train  # noqa: E402
+from ferpipe import cv, data, foldio, split, train  # noqa: E402
 from ferpipe.config import CLASSES, SplitParams  # noqa: E402
 from pipeline import fanout  # noqa: E402
 
@@ -40,7 +40,7 @@ def tiny_context(results_dir: Path):
     p = train.TrainParams(threads=1, head_c_grid=[0.1, 1.0], log_mlflow=False)
     ctx = train.FoldContext(p, p.method, "cafe", results_dir / p.method, manifest["path"].tolist(), y,
                             feats=feats.astype(np.float32))  # fmt: skip
-    tasks = [train.FoldTask(pr, r, f, roles) for pr, r, f, roles in data.fold_indices(plan, index_of)]
+    tasks = [train.FoldTask(pr, r, f, roles) for pr, r, f, roles in cv.fold_indices(plan, index_of)]
     return ctx, tasks
 
 

@@ -20,13 +20,6 @@ def read_manifest(path: Path | str) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"subject": str, "sha256": str}, keep_default_na=False)
 
 
-def read_plan(path: Path | str) -> pd.DataFrame:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: split plan not found (run the split stage first)")
-    return pd.read_csv(path, dtype={"image": str, "protocol": str, "role": str})
-
-
 def labels_of(manifest: pd.DataFrame, run_classes=PAPER_CLASSES) -> np.ndarray:
     """Class indices in the run's class list (ferpipe.classes); unknown labels are a named error."""
     return classes.label_ids(manifest["label"], run_classes)
@@ -42,14 +35,6 @@ def load_images_uint8(manifest: pd.DataFrame, root: Path, size: int) -> torch.Te
                 im = im.resize((size, size), Image.BICUBIC)
             out[i] = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
     return out
-
-
-def fold_indices(plan: pd.DataFrame, index_of: dict[str, int]):
-    """Yield (protocol, run, fold, {role: np.ndarray of manifest row indices})."""
-    for (protocol, run, fold), df in plan.groupby(["protocol", "run", "fold"], sort=False):
-        roles = {r: np.array([index_of[i] for i in g["image"]], dtype=np.int64)
-                 for r, g in df.groupby("role")}  # fmt: skip
-        yield protocol, int(run), int(fold), roles
 
 
 def check_plan_matches(plan: pd.DataFrame, manifest: pd.DataFrame) -> dict[str, int]:

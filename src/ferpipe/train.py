@@ -30,13 +30,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import classes, config, data, finetune, heads, runners, tracking
+from . import classes, config, cv, data, finetune, heads, runners, tracking
 from .config import CLASSES, ParamsError
+from .cv import fold_seed
 from .features import CACHE_NAME, cached_features, extract_features
-from .foldio import FoldResult, config_hash, finished_fold, fold_path, save_fold
+from .foldio import FoldResult, config_hash, save_fold
 from .io import sha256_file, write_json, write_run_record
 from .model import build_resnet50
-from .train_params import TrainParams, fold_seed, resolve_runtime
+from .train_params import TrainParams, resolve_runtime
 
 log = logging.getLogger("ferpipe.train")
 
@@ -49,14 +50,6 @@ def finetune_fold(pretrained: dict, images, y, roles, p: TrainParams, device, dt
 
 
 # ---------------------------------------------------------------- the stage
-def select_folds(plan, p: TrainParams):
-    if p.max_runs:
-        plan = plan[plan["run"] <= p.max_runs]
-    if p.max_folds:
-        plan = plan[plan["fold"] <= p.max_folds]
-    return plan
-
-
 @dataclasses.dataclass
 class FoldContext:
     """Everything one fold needs; picklable so a task runner can ship it to workers."""
@@ -158,7 +151,7 @@ def run_training(manifest_path: Path, plan_path: Path, weights: Path, out: Path,
     device, dtype = resolve_runtime(p)
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
     manifest = data.read_manifest(manifest_path)
-    plan = select_folds(data.read_plan(plan_path), p)
+    plan = cv.select_folds(cv.read_plan(plan_path), p.max_runs, p.max_folds)
     index_of = data.check_plan_matches(plan, manifest)
     run_classes = classes.read(manifest_path)
     y = data.labels_of(manifest, run_classes)
@@ -191,17 +184,13 @@ def run_training(manifest_path: Path, plan_path: Path, weights: Path, out: Path,
     else:
         ctx.images, ctx.pretrained = images, pretrained
 
-    done, todo = [], []
-    for protocol, run, fold, roles in data.fold_indices(plan, index_of):
-        prev = finished_fold(ctx.results_dir, protocol, run, fold, ctx.chash)
-        if prev is not None:
-            done.append(prev)
-        else:
-            todo.append(FoldTask(protocol, run, fold, roles))
+    folds = list(cv.fold_indices(plan, index_of))
+    done, pending = cv.split_finished(ctx.results_dir, folds, lambda *_: ctx.chash)
+    todo = [FoldTask(*f) for f in pending]
     if done:
         log.info("train: resuming, %d fold(s) already finished, %d to go", len(done), len(todo))
     if ctx.feats is not None:  # the largest training set of the plan (all views) fixes the head padding
-        ctx.pad_rows = ctx.feats.shape[0] * max((len(r["train"]) for *_, r in data.fold_indices(plan, index_of)), default=1)
+        ctx.pad_rows = ctx.feats.shape[0] * max((len(r["train"]) for *_, r in folds), default=1)
     t0 = time.time()
     if deadline is not None:  # the GPU check: no new fold after the deadline (whole runs are queued first)
         new = runners.run_processes(ctx, todo, compute_fold, p.workers, prepare=to_device, deadline=deadline)
@@ -210,11 +199,7 @@ def run_training(manifest_path: Path, plan_path: Path, weights: Path, out: Path,
     new = [r for r in new if r is not None]
     timings["folds_s"] = time.time() - t0
     done = sorted(done + list(new), key=lambda r: (r.protocol, r.run, r.fold))
-    # fold files from an older plan (e.g. more runs) would be read by aggregate: remove them
-    keep = {fold_path(ctx.results_dir, r.protocol, r.run, r.fold) for r in done}
-    for stale in ctx.results_dir.glob("*/run*_fold*.json"):
-        if stale not in keep:
-            stale.unlink()
+    cv.remove_stale(ctx.results_dir, done)  # an older plan's folds would be read by aggregate
 
     mlflow_s = 0.0
     parent = None

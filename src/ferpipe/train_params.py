@@ -9,10 +9,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from . import config
 from .config import ParamsError, register_section
 
 
@@ -96,8 +94,3 @@ def resolve_runtime(p: TrainParams) -> tuple[torch.device, torch.dtype | None]:
     if p.precision == "bf16" and not bf16_ok:
         raise ParamsError("params.yaml: train.precision is bf16 but this CPU has no bf16 support")
     return device, torch.bfloat16 if bf16_ok else None
-
-
-def fold_seed(base: int, protocol: str, run: int, fold: int) -> int:
-    ss = np.random.SeedSequence([base, config.PROTOCOLS.index(protocol), run, fold])
-    return int(ss.generate_state(1)[0])

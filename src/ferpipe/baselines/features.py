@@ -228,14 +228,3 @@ def read_manifest(path: Path | str) -> pd.DataFrame:
     if not path.exists():
         raise FileNotFoundError(f"{path}: manifest not found (run the ingest stage first)")
     return pd.read_csv(path, dtype={"subject": str, "sha256": str, "path": str}, keep_default_na=False)
-
-
-def read_plan(path: Path | str) -> pd.DataFrame:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: split plan not found (run the split stage first)")
-    plan = pd.read_csv(path, dtype={"image": str, "protocol": str, "role": str})
-    missing = {"protocol", "run", "fold", "image", "role"} - set(plan.columns)
-    if missing:
-        raise ValueError(f"{path}: split plan lacks column(s) {sorted(missing)}")
-    return plan

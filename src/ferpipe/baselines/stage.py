@@ -20,16 +20,14 @@ import json
 import logging
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from tqdm import tqdm
 
-from .. import classes, config
+from .. import classes, config, cv
 from ..config import ParamsError, load_section, register_section
-from ..foldio import FoldResult, config_hash, finished_fold, fold_path, save_fold
+from ..foldio import FoldResult, config_hash, finished_fold, save_fold
 from ..io import sha256_file, write_json, write_run_record
 from . import DESCRIPTION, METHODS, features, slfn
 from .optimizers import OPTIMIZERS
@@ -48,7 +46,9 @@ class BaselinesParams:
         selected method (64 -> 8x8 level-3 approximation).
       seed: base seed; each (method, protocol, run, fold, hidden size) gets its own stream.
       max_runs / max_folds: 0 = all runs / folds of the plan (smaller values for CI).
-      threads: BLAS/OpenMP threads (results repeat bit-exactly for the same count).
+      threads: BLAS/OpenMP threads per process (results repeat bit-exactly for the same count).
+      workers: folds computed at once in that many processes (each fold is seeded from its
+        own key, so the results do not depend on the worker count).
     SLFN (cso and bbo)
       hidden_grid: hidden-layer sizes tried; the one with the best validation accuracy
         (ties: lower validation cross-entropy, then the smaller size) is tested.
@@ -79,6 +79,7 @@ class BaselinesParams:
     max_runs: int = 0
     max_folds: int = 0
     threads: int = 1
+    workers: int = 2
     # SLFN shared by cso and bbo
     hidden_grid: list[int] = dataclasses.field(default_factory=lambda: [10, 20])
     activation: str = "tanh"
@@ -131,7 +132,7 @@ class BaselinesParams:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 bad(key, f"expected one of {list(allowed)}")
-        for key in ("image_size", "threads", "hwt_levels", "cso_levels", "swe_levels", "cso_pca_components",
+        for key in ("image_size", "threads", "workers", "hwt_levels", "cso_levels", "swe_levels", "cso_pca_components",
                     "cso_pop", "cso_smp", "bbo_pop", "swe_bins", "swe_grid"):  # fmt: skip
             if getattr(self, key) < 1:
                 bad(key, "expected a positive integer")
@@ -185,22 +186,6 @@ class BaselinesParams:
 
 
 # ---------------------------------------------------------------- helpers
-def fold_seed(base: int, method: str, protocol: str, run: int, fold: int, extra: int = 0) -> np.random.SeedSequence:
-    """Independent reproducible stream per (base seed, method, protocol, run, fold, extra)."""
-    key = [base, zlib.crc32(method.encode()), zlib.crc32(protocol.encode()), run, fold, extra]
-    return np.random.SeedSequence(key)
-
-
-def fold_indices(plan: pd.DataFrame, index_of: dict[str, int]):
-    """Yield (protocol, run, fold, {role: manifest row indices}) in plan order."""
-    for (protocol, run, fold), df in plan.groupby(["protocol", "run", "fold"], sort=False):
-        roles = {r: np.array([index_of[i] for i in g["image"]], dtype=np.int64) for r, g in df.groupby("role")}
-        missing = {"train", "val", "test"} - set(roles)
-        if missing:
-            raise ValueError(f"split plan {protocol} run {run} fold {fold} has no {sorted(missing)} images")
-        yield str(protocol), int(run), int(fold), roles
-
-
 def roles_digest(roles: dict[str, np.ndarray], paths: np.ndarray) -> str:
     blob = json.dumps({r: sorted(paths[idx].tolist()) for r, idx in sorted(roles.items())})
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -299,14 +284,6 @@ def fit_slfn(method: str, feats, y, roles, p: BaselinesParams, seeds: dict[int, 
 
 
 # ---------------------------------------------------------------- the stage
-def select_folds(plan: pd.DataFrame, p: BaselinesParams) -> pd.DataFrame:
-    if p.max_runs:
-        plan = plan[plan["run"] <= p.max_runs]
-    if p.max_folds:
-        plan = plan[plan["fold"] <= p.max_folds]
-    return plan
-
-
 def _run_stats(results: list[FoldResult]) -> dict:
     by_run: dict[int, list[FoldResult]] = {}
     for r in results:
@@ -319,13 +296,55 @@ def _run_stats(results: list[FoldResult]) -> dict:
             "oa_per_run": [round(float(v), 3) for v in oa]}  # fmt: skip
 
 
+def fit_fold(job, task):
+    """One fold of one method -> (test probabilities, info, seconds). ``job`` = (method,
+    features, labels, params, n_classes), the same for every fold of the method."""
+    method, feats, y, p, n_classes = job
+    protocol, run, fold, roles = task
+    t0 = time.perf_counter()
+    if method == "hwt":
+        prob, info = fit_hwt(feats, y, roles, p, cv.method_fold_seed(p.seed, method, protocol, run, fold), n_classes)
+    else:
+        seeds = {h: cv.method_fold_seed(p.seed, method, protocol, run, fold, h) for h in p.hidden_grid}
+        prob, info = fit_slfn(method, feats, y, roles, p, seeds, n_classes)
+    return prob, info, time.perf_counter() - t0
+
+
+_JOB: dict = {}
+
+
+def _init_worker(job, threads: int) -> None:
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=threads)  # as in the parent: same BLAS threads, same bits
+    _JOB["job"] = job
+
+
+def _fit_in_worker(task):
+    return fit_fold(_JOB["job"], task)
+
+
+def _run_folds(job, tasks: list, p: BaselinesParams, desc: str) -> list:
+    """Every task's fit_fold result, in task order; ``p.workers`` processes at once."""
+    if p.workers <= 1 or len(tasks) <= 1:
+        return [fit_fold(job, t) for t in tqdm(tasks, desc=desc, unit="fold", disable=None, mininterval=10)]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(min(p.workers, len(tasks)), mp_context=mp.get_context("spawn"),
+                             initializer=_init_worker, initargs=(job, p.threads)) as pool:  # fmt: skip
+        chunk = max(1, len(tasks) // (8 * p.workers))
+        return list(tqdm(pool.map(_fit_in_worker, tasks, chunksize=chunk), total=len(tasks), desc=desc,
+                         unit="fold", disable=None, mininterval=10))  # fmt: skip
+
+
 def run_baselines(manifest_path: Path, plan_path: Path, out: Path, p: BaselinesParams) -> dict:
     from threadpoolctl import threadpool_limits
 
     t_start = time.perf_counter()
     manifest = features.read_manifest(manifest_path)
     run_classes = classes.read(manifest_path)  # the run's class list; unknown labels are a named error below
-    plan = select_folds(features.read_plan(plan_path), p)
+    plan = cv.select_folds(cv.read_plan(plan_path), p.max_runs, p.max_folds)
     if plan.empty:
         raise ValueError(f"{plan_path}: no folds selected (max_runs={p.max_runs}, max_folds={p.max_folds})")
     paths = manifest["path"].to_numpy()
@@ -335,7 +354,7 @@ def run_baselines(manifest_path: Path, plan_path: Path, out: Path, p: BaselinesP
         raise ValueError(f"split plan names {len(missing)} image(s) not in the manifest, e.g. {missing[:3]}: "
                          "rerun the split stage")  # fmt: skip
     y = classes.label_ids(manifest["label"], run_classes, str(manifest_path))
-    folds = list(fold_indices(plan, index_of))
+    folds = list(cv.fold_indices(plan, index_of))
     manifest_sha = sha256_file(manifest_path)
     versions = {"numpy": np.__version__, "pywt": __import__("pywt").__version__}
 
@@ -352,29 +371,27 @@ def run_baselines(manifest_path: Path, plan_path: Path, out: Path, p: BaselinesP
                     **({} if classes.matches_paper(run_classes) else {"classes": list(run_classes)})}  # fmt: skip
             mhash = config_hash(mcfg)
             results_dir = out / method
-            done: list[FoldResult] = []
             fold_s: dict[str, float] = {}
             computed = 0
-            bar = tqdm(folds, desc=f"baselines {method}", unit="fold", disable=None, mininterval=10)
-            for protocol, run, fold, roles in bar:
+            slots: list = []  # per fold of the plan: its FoldResult, or the task still to compute
+            for protocol, run, fold, roles in folds:
                 chash = config_hash({"method_config": mhash, "fold_images": roles_digest(roles, paths)})
                 prev = finished_fold(results_dir, protocol, run, fold, chash)
-                if prev is not None:
-                    done.append(prev)
-                    continue
+                slots.append(prev if prev is not None else (protocol, run, fold, roles, chash))
+            todo = [t for t in slots if not isinstance(t, FoldResult)]
+            if todo:
                 if images is None:
                     t0 = time.perf_counter()
                     images = features.load_gray(list(paths), manifest_path.parent, p.image_size)
                     load_s = time.perf_counter() - t0
                 feats = cache.get(method, lambda m=method, im=images: compute_features(m, im, p))
-                t0 = time.perf_counter()
-                if method == "hwt":
-                    prob, info = fit_hwt(feats, y, roles, p, fold_seed(p.seed, method, protocol, run, fold),
-                                         len(run_classes))  # fmt: skip
-                else:
-                    seeds = {h: fold_seed(p.seed, method, protocol, run, fold, h) for h in p.hidden_grid}
-                    prob, info = fit_slfn(method, feats, y, roles, p, seeds, len(run_classes))
-                dt = time.perf_counter() - t0
+                job = (method, feats, y, p, len(run_classes))
+                fitted = iter(_run_folds(job, [t[:4] for t in todo], p, f"baselines {method}"))
+            for i, slot in enumerate(slots):
+                if isinstance(slot, FoldResult):
+                    continue
+                protocol, run, fold, roles, chash = slot
+                prob, info, dt = next(fitted)  # in plan order, whichever process computed it
                 info["method_config_hash"] = mhash  # chash also covers the fold's images (resume safety)
                 te = roles["test"]
                 res = FoldResult(method, protocol, run, fold, chash, images=paths[te].tolist(),
@@ -382,15 +399,11 @@ def run_baselines(manifest_path: Path, plan_path: Path, out: Path, p: BaselinesP
                                  probabilities=np.round(prob, 6).tolist(), extra=info, classes=run_classes,
                                  seconds=round(dt, 4))  # fmt: skip
                 save_fold(results_dir, res)
-                done.append(res)
+                slots[i] = res
                 fold_s[protocol] = fold_s.get(protocol, 0.0) + dt
                 computed += 1
-            bar.close()
-            # fold files of an older plan or selection would be read by aggregate: remove them
-            keep = {fold_path(results_dir, r.protocol, r.run, r.fold) for r in done}
-            for stale in results_dir.glob("*/run*_fold*.json"):
-                if stale not in keep:
-                    stale.unlink()
+            done = list(slots)
+            cv.remove_stale(results_dir, done)  # an older plan's folds would be read by aggregate
             protos = {}
             for proto in dict.fromkeys(r.protocol for r in done):
                 rs = [r for r in done if r.protocol == proto]
@@ -405,7 +418,8 @@ def run_baselines(manifest_path: Path, plan_path: Path, out: Path, p: BaselinesP
             record["methods"][method] = {
                 "n_computed": computed, "n_resumed": len(done) - computed,
                 "features_s": round(cache.seconds.get(method, 0.0), 3),
-                "fold_wall_s": {proto: round(v, 2) for proto, v in fold_s.items()},  # folds computed now
+                # summed over the folds computed now (with several workers, more than the wall time)
+                "fold_compute_s": {proto: round(v, 2) for proto, v in fold_s.items()},
             }  # fmt: skip
     record["load_images_s"] = round(load_s, 3)
     record["total_s"] = round(time.perf_counter() - t_start, 2)

@@ -1,0 +1,82 @@
+"""Cross-validation plumbing shared by the stages that evaluate on the split plan (train,
+baselines): reading the plan, selecting folds, the per-fold row indices, per-fold seeds,
+resuming finished folds and removing results of folds no longer planned.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .config import PROTOCOLS
+from .foldio import FoldResult, finished_fold, fold_path
+
+PLAN_COLUMNS = ("protocol", "run", "fold", "image", "role")
+
+
+def read_plan(path: Path | str) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: split plan not found (run the split stage first)")
+    plan = pd.read_csv(path, dtype={"image": str, "protocol": str, "role": str})
+    missing = set(PLAN_COLUMNS) - set(plan.columns)
+    if missing:
+        raise ValueError(f"{path}: split plan lacks column(s) {sorted(missing)}")
+    return plan
+
+
+def select_folds(plan: pd.DataFrame, max_runs: int = 0, max_folds: int = 0) -> pd.DataFrame:
+    """The first ``max_runs`` runs / ``max_folds`` folds (0 = all)."""
+    if max_runs:
+        plan = plan[plan["run"] <= max_runs]
+    if max_folds:
+        plan = plan[plan["fold"] <= max_folds]
+    return plan
+
+
+def fold_indices(plan: pd.DataFrame, index_of: dict[str, int]) -> Iterator[tuple[str, int, int, dict[str, np.ndarray]]]:
+    """Yield (protocol, run, fold, {role: manifest row indices}) in plan order."""
+    for (protocol, run, fold), df in plan.groupby(["protocol", "run", "fold"], sort=False):
+        roles = {r: np.array([index_of[i] for i in g["image"]], dtype=np.int64) for r, g in df.groupby("role")}
+        missing = {"train", "val", "test"} - set(roles)
+        if missing:
+            raise ValueError(f"split plan {protocol} run {run} fold {fold} has no {sorted(missing)} images")
+        yield str(protocol), int(run), int(fold), roles
+
+
+def fold_seed(base: int, protocol: str, run: int, fold: int) -> int:
+    """The train stage's seed of one fold (an int for torch)."""
+    ss = np.random.SeedSequence([base, PROTOCOLS.index(protocol), run, fold])
+    return int(ss.generate_state(1)[0])
+
+
+def method_fold_seed(base: int, method: str, protocol: str, run: int, fold: int, extra: int = 0) -> np.random.SeedSequence:
+    """An independent stream per (base, method, protocol, run, fold, extra) (the baselines')."""
+    return np.random.SeedSequence([base, zlib.crc32(method.encode()), zlib.crc32(protocol.encode()), run, fold, extra])
+
+
+def split_finished(results_dir: Path, folds: Iterable, chash_of: Callable[..., str]):
+    """-> (finished FoldResults, folds still to compute). ``chash_of(protocol, run, fold, roles)``
+    is the config hash a finished fold must carry (anything else is recomputed)."""
+    done, todo = [], []
+    for protocol, run, fold, roles in folds:
+        prev = finished_fold(results_dir, protocol, run, fold, chash_of(protocol, run, fold, roles))
+        if prev is not None:
+            done.append(prev)
+        else:
+            todo.append((protocol, run, fold, roles))
+    return done, todo
+
+
+def remove_stale(results_dir: Path, keep: Iterable[FoldResult]) -> int:
+    """Delete fold files of folds no longer planned (e.g. an older plan with more runs):
+    aggregate would read them. -> how many were removed."""
+    wanted = {fold_path(results_dir, r.protocol, r.run, r.fold) for r in keep}
+    stale = [f for f in Path(results_dir).glob("*/run*_fold*.json") if f not in wanted]
+    for f in stale:
+        f.unlink()
+    return len(stale)
