@@ -1,7 +1,7 @@
 """Datasets with fewer or more classes than the paper's seven (data.classes: auto / a list).
 
 A generated class-folder set runs through every stage that touches the class list:
-ingest -> validate -> split -> train (frozen, tiny, random weights) -> aggregate -> compare
+ingest -> validate -> split -> train (frozen, tiny, random weights) + baselines (HWT) -> aggregate -> compare
 -> report -> final_model -> predict; each output carries exactly the dataset's classes.
 """
 
@@ -12,6 +12,7 @@ import pytest
 from conftest import make_image, write_params
 
 from ferpipe import aggregate, compare, final_model, ingest, predict, report, split, train, validate
+from ferpipe.baselines import stage as baselines_stage
 from ferpipe.config import CLASSES
 from ferpipe.weights import random_init_state_dict, save_safetensors
 
@@ -34,6 +35,7 @@ def params(tmp_path, dataset, classes="auto"):
         validate={"require_subject": False},
         split={"protocols": ["stratified"], "n_runs": 2, "n_groups": 3, "seed": 3},
         train={"image_size": 32, "threads": 1, "batch_size": 16, "head_c_grid": [1.0], "log_mlflow": False},
+        baselines={"methods": ["hwt"], "image_size": 32, "hwt_c_grid": [1.0], "workers": 1},
         final_model={"log_mlflow": False, "c_source": "any"},
     )
 
@@ -50,7 +52,8 @@ def run_pipeline(tmp_path, labels, classes="auto"):
     plan = str(tmp_path / "split" / "split_plan.csv")
     assert train.main(["--manifest", man, "--plan", plan, "--weights", str(w), "--out", str(tmp_path / "train"),
                        "--params", prm]) == 0  # fmt: skip
-    assert aggregate.main(["--results", str(tmp_path / "train"), "--out", str(tmp_path / "agg"), "--no-plots",
+    assert baselines_stage.main(["--manifest", man, "--plan", plan, "--out", str(tmp_path / "bl"), "--params", prm]) == 0
+    assert aggregate.main(["--results", str(tmp_path / "train"), str(tmp_path / "bl"), "--out", str(tmp_path / "agg"), "--no-plots",
                            "--metrics", str(tmp_path / "metrics.json"), "--no-mlflow"]) == 0  # fmt: skip
     assert compare.main(["--aggregate", str(tmp_path / "agg"), "--out", str(tmp_path / "cmp"),
                          "--metrics", str(tmp_path / "cmp.json")]) == 0  # fmt: skip
@@ -82,7 +85,10 @@ def test_every_stage_carries_the_datasets_classes(tmp_path, labels, expected):
     assert list(table1.columns) == ["run", *expected]
     grand = pd.read_csv(root / "agg" / "resnet50_frozen" / "stratified" / "grand_confusion_matrix.csv", index_col=0)
     assert list(grand.columns) == expected and list(grand.index) == expected
+    hwt = json.loads(next((root / "bl" / "hwt" / "stratified").glob("*.json")).read_text())
+    assert hwt["classes"] == expected and len(hwt["probabilities"][0]) == len(expected)
     cmp = json.loads((root / "cmp" / "compare.json").read_text())["stratified"]
+    assert {row["method"] for row in cmp["methods"]} == {"hwt", "resnet50_frozen"}
     assert cmp["classes"] == expected and cmp["published_comparable"] is False
     assert all(row["published_oa"] is None for row in cmp["methods"])  # the paper's numbers are for its 7 classes
     md = (root / "rep" / "report.md").read_text()
