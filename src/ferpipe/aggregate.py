@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import config, tracking
+from . import config, cv, tracking
 from .foldio import load_results
 from .io import write_json, write_text, write_with
 from .metrics import pm, run_matrix, summarize
@@ -85,14 +85,11 @@ def fold_statistics(by_run: dict[int, list]) -> dict:
     """What compare's tests need beyond the per-run OA: each fold's accuracy (%), and a
     digest of each run's partition into test groups (equal digests = the same split, so
     two methods' runs can be paired, and repeated runs can be recognised)."""
-    import hashlib
-
     acc, digests = [], []
     for _, fs in sorted(by_run.items()):
         fs = sorted(fs, key=lambda f: f.fold)
         acc.append([round(100 * f.accuracy, 4) for f in fs])
-        groups = sorted("\n".join(sorted(f.images)) for f in fs)
-        digests.append(hashlib.sha256("\n\n".join(groups).encode()).hexdigest()[:16])
+        digests.append(cv.grouping_digest(f.images for f in fs))
     n_groups = len(acc[0])
     return {"fold_accuracy_per_run": acc, "grouping_per_run": digests,
             # test on 1 group, train on G - 2 (one validates): the Nadeau-Bengio size ratio

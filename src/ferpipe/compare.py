@@ -133,9 +133,13 @@ def compare(agg: Path) -> dict:
             for b in by_method:
                 if not b.startswith("resnet50"):
                     tests[f"{m} vs {b}"] = compare_pair(by_method[m], by_method[b])
+        warnings = [f"Under-trained: {row['method']} reaches a training accuracy below {ta['threshold']} in "
+                    f"{ta['n_folds_below']}/{ta['of']} folds (mean {ta['mean']:.3f}): its network does not fit its "
+                    "own training set, so its OA understates the method (optimiser budget, input size)."
+                    for row in rows if (ta := row.get("training_accuracy") or {}).get("n_folds_below")]  # fmt: skip
         groupings = {len(set(v["grouping_per_run"])) for v in by_method.values() if "grouping_per_run" in v}
         result[protocol] = {"methods": rows, "paired_tests": tests, "classes": list(run_classes),
-                            "published_comparable": comparable,
+                            "published_comparable": comparable, "warnings": warnings,
                             "n_distinct_groupings": max(groupings) if groupings else None}  # fmt: skip
     return result
 
@@ -158,12 +162,8 @@ def markdown(result: dict) -> str:
             pub = pm(row["published_oa"], row["published_std"]) if row["published_oa"] is not None else "—"
             sens = " | ".join(f"{row['sensitivity_mean'][c]:.1f}" for c in cls)
             lines.append(f"| {row['method']} | {pub} | {pm(row['oa_mean'], row['oa_std'])} | {row['n_runs']} | {sens} |")
-        under = [row for row in r["methods"] if (row.get("training_accuracy") or {}).get("n_folds_below")]
-        for row in under:
-            ta = row["training_accuracy"]
-            lines += ["", f"**Under-trained: {row['method']}** reaches a training accuracy below {ta['threshold']} in "
-                      f"{ta['n_folds_below']}/{ta['of']} folds (mean {ta['mean']:.3f}): its network does not fit its "
-                      "own training set, so its OA understates the method (optimiser budget, input size)."]  # fmt: skip
+        for warning in r.get("warnings", []):
+            lines += ["", f"**{warning}**"]
         n_runs = max((row["n_runs"] for row in r["methods"]), default=0)
         k = r.get("n_distinct_groupings")
         lines += ["", f"Runs: {n_runs}; distinct groupings of the images into test groups: {k if k else 'unknown'}"

@@ -5,6 +5,7 @@ resuming finished folds and removing results of folds no longer planned.
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -57,6 +58,13 @@ def fold_seed(base: int, protocol: str, run: int, fold: int) -> int:
 def method_fold_seed(base: int, method: str, protocol: str, run: int, fold: int, extra: int = 0) -> np.random.SeedSequence:
     """An independent stream per (base, method, protocol, run, fold, extra) (the baselines')."""
     return np.random.SeedSequence([base, zlib.crc32(method.encode()), zlib.crc32(protocol.encode()), run, fold, extra])
+
+
+def grouping_digest(test_sets: Iterable[Iterable[str]]) -> str:
+    """A run's partition of the images into test groups, whatever the groups' order or
+    numbering: equal digests = the same split (split counts distinct ones, compare pairs on them)."""
+    groups = sorted("\n".join(sorted(images)) for images in test_sets)
+    return hashlib.sha256("\n\n".join(groups).encode()).hexdigest()[:16]
 
 
 def split_finished(results_dir: Path, folds: Iterable, chash_of: Callable[..., str]):

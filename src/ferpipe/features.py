@@ -27,6 +27,13 @@ KEY_FIELDS = ("image_size", "stride_layout", "threads", "flip_features", "weight
               "torch", "device", "dtype")  # fmt: skip
 
 
+def run_identity(weights_sha256: str, manifest_sha256: str, device: torch.device, dtype) -> dict:
+    """What, besides the train params, decides the features (and so enters the cache key and
+    the train config hash): the weights, the images, torch, the device and the precision."""
+    return {"weights_sha256": weights_sha256, "manifest_sha256": manifest_sha256, "torch": torch.__version__,
+            "device": device.type, "dtype": str(dtype)}  # fmt: skip
+
+
 @torch.no_grad()
 def extract_features(backbone: nn.Module, images: torch.Tensor, batch_size: int, flip: bool,
                      device: torch.device, dtype) -> np.ndarray:  # fmt: skip
@@ -49,10 +56,11 @@ def extract_features(backbone: nn.Module, images: torch.Tensor, batch_size: int,
     return out
 
 
-def cached_features(cache: Path, key: dict, compute: Callable[[], np.ndarray], write: bool = True) -> np.ndarray:
-    """The cached array when its key matches ``key``, else ``compute()`` (saved when ``write``)."""
+def cached_features(cache: Path | None, key: dict, compute: Callable[[], np.ndarray], write: bool = True) -> np.ndarray:
+    """The cached array when its key (``KEY_FIELDS`` of ``key``) matches, else ``compute()``
+    (saved when ``write``; no cache at all when ``cache`` is None)."""
     digest = config_hash({k: key[k] for k in KEY_FIELDS})
-    if cache.exists():
+    if cache is not None and cache.exists():
         try:
             with np.load(cache, allow_pickle=False) as z:
                 if str(z["key"]) == digest:
@@ -61,7 +69,7 @@ def cached_features(cache: Path, key: dict, compute: Callable[[], np.ndarray], w
         except (OSError, ValueError, KeyError) as exc:  # a damaged cache is recomputed, never trusted
             log.warning("features: ignoring unreadable cache %s (%s)", cache, exc)
     feats = compute()
-    if write:
+    if write and cache is not None:
         with atomic_path(cache, suffix=".tmp.npz") as tmp:
             np.savez(tmp, features=feats, key=np.array(digest))
     return feats

@@ -43,7 +43,7 @@ import torch
 
 from . import classes, config, data, finetune, heads, tracking
 from .config import IngestParams, ParamsError, register_section
-from .features import CACHE_NAME, cached_features, extract_features
+from .features import CACHE_NAME, cached_features, extract_features, run_identity
 from .io import sha256_file, swap_dir, temp_dir_beside, write_json, write_run_record
 from .serving import FACE_CROPS, FerNet, save_model
 from .train_params import TrainParams, resolve_runtime
@@ -149,12 +149,9 @@ def fit_frozen(net: FerNet, feats: np.ndarray, y: np.ndarray, p: TrainParams, c:
         net.head.bias.copy_(torch.from_numpy(bias).float())
 
     # the fused head must give the fitted head's probabilities (on the same features)
-    def head_proba(v):
-        logits = space(feats[v]) @ coef + intercept
-        e = np.exp(logits - logits.max(1, keepdims=True))
-        return e / e.sum(1, keepdims=True)
+    from scipy.special import softmax
 
-    ref = np.mean([head_proba(v) for v in range(n_views)], axis=0)
+    ref = np.mean([softmax(space(feats[v]) @ coef + intercept, axis=1) for v in range(n_views)], axis=0)
     with torch.no_grad():
         fused = np.mean([torch.softmax(net.head(torch.from_numpy(feats[v]).float()), 1).numpy()
                          for v in range(n_views)], axis=0)  # fmt: skip
@@ -180,7 +177,7 @@ def frozen_features(net: FerNet, images: torch.Tensor, p: TrainParams, key: dict
         net.to("cpu")
         return feats
 
-    cache = Path(train_dir) / CACHE_NAME if train_dir is not None else Path("/nonexistent") / CACHE_NAME
+    cache = Path(train_dir) / CACHE_NAME if train_dir is not None else None
     return cached_features(cache, key, compute, write=False)
 
 
@@ -215,6 +212,7 @@ def build_final_model(manifest_path: Path, weights: Path, out: Path, p: TrainPar
     y = data.labels_of(manifest, run_classes)
     if not weights.exists():
         raise FileNotFoundError(f"{weights}: weights not found (run the weights stage)")
+    weights_sha, manifest_sha = sha256_file(weights), sha256_file(manifest_path)
     t0 = time.time()
     images = data.load_images_uint8(manifest, manifest_path.parent, p.image_size)
     timings["load_images_s"] = time.time() - t0
@@ -229,8 +227,7 @@ def build_final_model(manifest_path: Path, weights: Path, out: Path, p: TrainPar
     if p.mode == "frozen":
         c, choice = choose_c(train_dir, p.method, fp)
         t0 = time.time()
-        key = {**dataclasses.asdict(p), "weights_sha256": sha256_file(weights), "torch": torch.__version__,
-               "manifest_sha256": sha256_file(manifest_path), "device": device.type, "dtype": str(dtype)}  # fmt: skip
+        key = {**dataclasses.asdict(p), **run_identity(weights_sha, manifest_sha, device, dtype)}
         feats = frozen_features(net, images, p, key, train_dir, device, dtype)
         timings["features_s"] = time.time() - t0
         info = fit_frozen(net, feats, y, p, c, run_classes)
@@ -274,7 +271,7 @@ def build_final_model(manifest_path: Path, weights: Path, out: Path, p: TrainPar
         },
         "classes": list(run_classes),
         "training": {"n_images": int(len(y)), "class_counts": {c: int((y == i).sum()) for i, c in enumerate(run_classes)},
-                     "manifest_sha256": sha256_file(manifest_path), "weights_sha256": sha256_file(weights),
+                     "manifest_sha256": manifest_sha, "weights_sha256": weights_sha,
                      **({"C": info["C"]} if "C" in info else {})},  # fmt: skip
     }
     tmp = temp_dir_beside(out)

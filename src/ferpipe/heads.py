@@ -23,6 +23,8 @@ import dataclasses
 import numpy as np
 import torch
 
+from .metrics import accuracy_and_log_loss
+
 
 @dataclasses.dataclass
 class RowSpace:
@@ -60,7 +62,6 @@ class BatchedLogistic:
     b: torch.Tensor
     iterations: np.ndarray  # (F, G) L-BFGS iterations until the stopping test held
     converged: np.ndarray  # (F, G) bool: max |gradient| <= tol before max_iter
-    evaluations: int = 0  # objective evaluations of the whole batch (line searches included)
 
     def proba(self, f: int, g: int, z: np.ndarray) -> np.ndarray:
         """Class probabilities of fold f's head g for row-space inputs z (n, k)."""
@@ -92,10 +93,7 @@ def fit_logistic(z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, c_grid: l
 
     zt = z.transpose(1, 2).contiguous()
 
-    evals = [0]
-
     def objective(x):  # x (F, G, P) -> f (F, G), gradient (F, G, P); problems are independent
-        evals[0] += 1
         W, b = unpack(x)
         logits = z @ W.permute(0, 2, 1, 3).reshape(F_, K, G * C)  # one pass over z for all C
         logits = logits.reshape(F_, N, G, C).permute(0, 2, 1, 3) + b[:, :, None, :]  # (F, G, N, C)
@@ -164,7 +162,7 @@ def fit_logistic(z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, c_grid: l
         active = active & ~stalled & (g.abs().amax(-1) > tol)
     converged = g.abs().amax(-1) <= tol
     W, b = unpack(x)
-    return BatchedLogistic(W, b, iterations.numpy(), converged.numpy(), evals[0])
+    return BatchedLogistic(W, b, iterations.numpy(), converged.numpy())
 
 
 @dataclasses.dataclass
@@ -206,12 +204,8 @@ def fit_fold_heads(feats: np.ndarray, y: np.ndarray, folds: list[FoldHeadProblem
         def proba(g, zs, i=i):
             return np.mean([sol.proba(i, g, zv) for zv in zs], axis=0)
 
-        yv = y[fold.val]
-        accs, losses = [], []
-        for g in range(len(c_grid)):
-            pv = proba(g, z_val)
-            accs.append(float((pv.argmax(1) == yv).mean()))
-            losses.append(float(-np.log(np.clip(pv[np.arange(len(yv)), yv], 1e-12, None)).mean()))
+        accs, losses = map(list, zip(*(accuracy_and_log_loss(proba(g, z_val), y[fold.val])
+                                       for g in range(len(c_grid))), strict=True))  # fmt: skip
         best = max(range(len(c_grid)), key=lambda g: (accs[g], -losses[g], -g))
         info = {"selected": {"C": c_grid[best], "val_accuracy": accs[best], "val_loss": losses[best],
                              "at_grid_edge": len(c_grid) > 1 and best in (0, len(c_grid) - 1)},

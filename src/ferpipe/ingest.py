@@ -43,7 +43,11 @@ def ingest(dataset: Path, out_dir: Path, p: IngestParams, layout: str = "auto", 
     root = dataset if dataset.is_dir() else dataset.parent
 
     keep = classes.wanted(class_setting)  # None: every label (data.classes: auto)
-    unknown = [r for r in records if r.label is None or (keep is not None and r.label not in keep)]
+
+    def kept(r) -> bool:
+        return r.label is not None and (keep is None or r.label in keep)
+
+    unknown = [r for r in records if not kept(r)]
     dropped = collections.Counter(r.raw_label for r in unknown)
     if unknown and not p.drop_unknown_labels:
         listing = ", ".join(f"{r.source} ('{r.raw_label}')" for r in unknown[:10])
@@ -52,7 +56,7 @@ def ingest(dataset: Path, out_dir: Path, p: IngestParams, layout: str = "auto", 
             + (" ..." if len(unknown) > 10 else "")
             + " (set ingest.drop_unknown_labels: true to drop them, or data.classes: auto / a list to keep them)"
         )
-    records = [r for r in records if r.label is not None and (keep is None or r.label in keep)]
+    records = [r for r in records if kept(r)]
     if p.max_images:
         records = records[: p.max_images]
     if not records:

@@ -57,5 +57,13 @@ def summarize(run_matrices: dict[int, np.ndarray], classes=CLASSES) -> dict:
     }
 
 
+def accuracy_and_log_loss(prob: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy of class probabilities ``prob`` (n, C) for labels ``y``:
+    how a validation group chooses a hyper-parameter (accuracy first, then the loss)."""
+    acc = float((prob.argmax(1) == y).mean())
+    loss = float(-np.log(np.clip(prob[np.arange(len(y)), y], 1e-12, None)).mean())
+    return acc, loss
+
+
 def pm(mean: float, std: float) -> str:
     return f"{mean:.2f} ± {std:.2f}"

@@ -439,12 +439,7 @@ def table3_section(agg: dict, compare: dict | None, compare_dir: Path, figures: 
         blocks.append(Table(["method", "published OA (%)", "reproduced OA (%)", "runs"], rows,
                             f"Protocol {proto}: published (each method's own paper, quoted in Li & Lima Table 3) "
                             "vs reproduced on the same folds"))  # fmt: skip
-        for r in methods or []:
-            ta = r.get("training_accuracy") or {}
-            if ta.get("n_folds_below"):
-                blocks.append(Para(f"Under-trained: `{r['method']}` has a training accuracy below {ta['threshold']} in "
-                                   f"{ta['n_folds_below']}/{ta['of']} folds (mean {ta['mean']:.3f}); its network does "
-                                   "not fit its own training set, so its OA understates the method."))  # fmt: skip
+        blocks += [Para(w) for w in (compare or {}).get(proto, {}).get("warnings", [])]  # compare's own wording
         tests = (compare or {}).get(proto, {}).get("paired_tests") if compare else None
         if tests:
             def fp(p):

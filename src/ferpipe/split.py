@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-from . import classes, config
+from . import classes, config, cv
 from .config import PROTOCOLS, SplitParams, load_section
 from .io import write_json, write_text
 
@@ -112,11 +112,6 @@ def make_plan(manifest: pd.DataFrame, p: SplitParams,
     return plan, summary
 
 
-def grouping_key(test_images_by_fold) -> frozenset:
-    """A run's partition of the images into test groups, whatever the groups' numbering."""
-    return frozenset(frozenset(images) for images in test_images_by_fold)
-
-
 def distinct_groupings(plan: pd.DataFrame) -> dict[str, dict]:
     """Per protocol: how many runs, how many different partitions into groups they use.
 
@@ -126,7 +121,7 @@ def distinct_groupings(plan: pd.DataFrame) -> dict[str, dict]:
     out = {}
     test = plan[plan["role"] == "test"]
     for protocol, df in test.groupby("protocol", sort=False):
-        keys = {run: grouping_key(g.groupby("fold")["image"].apply(tuple)) for run, g in df.groupby("run")}
+        keys = {run: cv.grouping_digest(g.groupby("fold")["image"].apply(list)) for run, g in df.groupby("run")}
         first: dict = {}
         for run, key in sorted(keys.items()):
             first.setdefault(key, run)

@@ -33,7 +33,7 @@ import torch
 from . import classes, config, cv, data, finetune, heads, runners, tracking
 from .config import CLASSES, ParamsError
 from .cv import fold_seed
-from .features import CACHE_NAME, cached_features, extract_features
+from .features import CACHE_NAME, cached_features, extract_features, run_identity
 from .foldio import FoldResult, config_hash, save_fold
 from .io import sha256_file, write_json, write_run_record
 from .model import build_resnet50
@@ -158,8 +158,7 @@ def run_training(manifest_path: Path, plan_path: Path, weights: Path, out: Path,
     if not weights.exists():
         raise FileNotFoundError(f"{weights}: weights not found (run the weights stage)")
     cfg = {k: v for k, v in dataclasses.asdict(p).items() if k not in ("log_mlflow", "max_runs", "max_folds", "workers")}
-    cfg.update(weights_sha256=sha256_file(weights), manifest_sha256=sha256_file(manifest_path),
-               torch=torch.__version__, device=device.type, dtype=str(dtype))
+    cfg.update(run_identity(sha256_file(weights), sha256_file(manifest_path), device, dtype))
     if not classes.matches_paper(run_classes):  # (the paper's seven leave earlier hashes valid)
         cfg["classes"] = list(run_classes)
     ctx = FoldContext(p, p.method, config_hash(cfg), out / p.method, manifest["path"].tolist(), y, run_classes)

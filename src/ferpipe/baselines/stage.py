@@ -23,12 +23,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from .. import classes, config, cv
+from .. import classes, config, cv, runners
 from ..config import ParamsError, load_section, register_section
-from ..foldio import FoldResult, config_hash, finished_fold, save_fold
+from ..foldio import FoldResult, config_hash, save_fold
 from ..io import sha256_file, write_json, write_run_record
+from ..metrics import accuracy_and_log_loss
 from . import DESCRIPTION, METHODS, features, slfn
 from .optimizers import OPTIMIZERS
 
@@ -201,12 +201,6 @@ def compute_features(method: str, images: np.ndarray, p: BaselinesParams) -> np.
     raise ValueError(f"unknown method {method!r}")
 
 
-def _val_score(prob: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    acc = float((prob.argmax(1) == y).mean())
-    loss = float(-np.log(np.clip(prob[np.arange(len(y)), y], 1e-12, None)).mean())
-    return acc, loss
-
-
 # ---------------------------------------------------------------- per-fold models
 def fit_hwt(feats, y, roles, p: BaselinesParams, seed: np.random.SeedSequence, n_classes: int):
     """Linear classifier on standardised Haar features; C chosen on val (linsvm: softmax of margins)."""
@@ -227,7 +221,7 @@ def fit_hwt(feats, y, roles, p: BaselinesParams, seed: np.random.SeedSequence, n
             pv = slfn.softmax(model.decision_function(xva))
         full = np.zeros((len(va), n_classes))
         full[:, model.classes_] = pv
-        acc, loss = _val_score(full, y[va])
+        acc, loss = accuracy_and_log_loss(full, y[va])
         curve.append({"C": c, "val_accuracy": acc, "val_loss": round(loss, 5)})
         if best is None or (acc, -loss) > (best[0], -best[1]):
             best = (acc, loss, c, model)
@@ -266,7 +260,7 @@ def fit_slfn(method: str, feats, y, roles, p: BaselinesParams, seeds: dict[int, 
         lo, hi = obj.bounds(p.weight_bound)
         res = OPTIMIZERS[opt_name](obj, lo, hi, seed=np.random.default_rng(seeds[h]), **kw)
         train_acc = float((obj.predict_proba(res.x, xtr).argmax(1) == y[tr]).mean())
-        acc, loss = _val_score(obj.predict_proba(res.x, xva), y[va])
+        acc, loss = accuracy_and_log_loss(obj.predict_proba(res.x, xva), y[va])
         curve.append({"hidden": h, "val_accuracy": acc, "val_loss": round(loss, 5), "train_accuracy": train_acc,
                       "fitness": round(res.f, 5), "n_evals": res.n_evals})  # fmt: skip
         hist = res.history
@@ -296,46 +290,37 @@ def _run_stats(results: list[FoldResult]) -> dict:
             "oa_per_run": [round(float(v), 3) for v in oa]}  # fmt: skip
 
 
-def fit_fold(job, task):
-    """One fold of one method -> (test probabilities, info, seconds). ``job`` = (method,
-    features, labels, params, n_classes), the same for every fold of the method."""
-    method, feats, y, p, n_classes = job
+@dataclasses.dataclass
+class MethodJob:
+    """What every fold of one method shares (shipped once to each worker process)."""
+
+    method: str
+    feats: np.ndarray
+    y: np.ndarray
+    p: BaselinesParams
+    n_classes: int
+
+
+def fit_fold(job: MethodJob, task) -> tuple[np.ndarray, dict, float]:
+    """One fold of one method -> (test probabilities, info, seconds)."""
+    method, p = job.method, job.p
     protocol, run, fold, roles = task
     t0 = time.perf_counter()
     if method == "hwt":
-        prob, info = fit_hwt(feats, y, roles, p, cv.method_fold_seed(p.seed, method, protocol, run, fold), n_classes)
+        seed = cv.method_fold_seed(p.seed, method, protocol, run, fold)
+        prob, info = fit_hwt(job.feats, job.y, roles, p, seed, job.n_classes)
     else:
         seeds = {h: cv.method_fold_seed(p.seed, method, protocol, run, fold, h) for h in p.hidden_grid}
-        prob, info = fit_slfn(method, feats, y, roles, p, seeds, n_classes)
+        prob, info = fit_slfn(method, job.feats, job.y, roles, p, seeds, job.n_classes)
     return prob, info, time.perf_counter() - t0
 
 
-_JOB: dict = {}
-
-
-def _init_worker(job, threads: int) -> None:
+def limit_blas_threads(job: MethodJob) -> MethodJob:
+    """Once per worker process: the parent's BLAS thread count, so the bits are the same."""
     from threadpoolctl import threadpool_limits
 
-    threadpool_limits(limits=threads)  # as in the parent: same BLAS threads, same bits
-    _JOB["job"] = job
-
-
-def _fit_in_worker(task):
-    return fit_fold(_JOB["job"], task)
-
-
-def _run_folds(job, tasks: list, p: BaselinesParams, desc: str) -> list:
-    """Every task's fit_fold result, in task order; ``p.workers`` processes at once."""
-    if p.workers <= 1 or len(tasks) <= 1:
-        return [fit_fold(job, t) for t in tqdm(tasks, desc=desc, unit="fold", disable=None, mininterval=10)]
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(min(p.workers, len(tasks)), mp_context=mp.get_context("spawn"),
-                             initializer=_init_worker, initargs=(job, p.threads)) as pool:  # fmt: skip
-        chunk = max(1, len(tasks) // (8 * p.workers))
-        return list(tqdm(pool.map(_fit_in_worker, tasks, chunksize=chunk), total=len(tasks), desc=desc,
-                         unit="fold", disable=None, mininterval=10))  # fmt: skip
+    threadpool_limits(limits=job.p.threads)
+    return job
 
 
 def run_baselines(manifest_path: Path, plan_path: Path, out: Path, p: BaselinesParams) -> dict:
@@ -373,36 +358,31 @@ def run_baselines(manifest_path: Path, plan_path: Path, out: Path, p: BaselinesP
             results_dir = out / method
             fold_s: dict[str, float] = {}
             computed = 0
-            slots: list = []  # per fold of the plan: its FoldResult, or the task still to compute
-            for protocol, run, fold, roles in folds:
-                chash = config_hash({"method_config": mhash, "fold_images": roles_digest(roles, paths)})
-                prev = finished_fold(results_dir, protocol, run, fold, chash)
-                slots.append(prev if prev is not None else (protocol, run, fold, roles, chash))
-            todo = [t for t in slots if not isinstance(t, FoldResult)]
+            chash = {(pr, r, f): config_hash({"method_config": mhash, "fold_images": roles_digest(roles, paths)})
+                     for pr, r, f, roles in folds}  # fmt: skip
+            done, todo = cv.split_finished(results_dir, folds, lambda pr, r, f, _, c=chash: c[(pr, r, f)])
             if todo:
                 if images is None:
                     t0 = time.perf_counter()
                     images = features.load_gray(list(paths), manifest_path.parent, p.image_size)
                     load_s = time.perf_counter() - t0
                 feats = cache.get(method, lambda m=method, im=images: compute_features(m, im, p))
-                job = (method, feats, y, p, len(run_classes))
-                fitted = iter(_run_folds(job, [t[:4] for t in todo], p, f"baselines {method}"))
-            for i, slot in enumerate(slots):
-                if isinstance(slot, FoldResult):
-                    continue
-                protocol, run, fold, roles, chash = slot
-                prob, info, dt = next(fitted)  # in plan order, whichever process computed it
-                info["method_config_hash"] = mhash  # chash also covers the fold's images (resume safety)
-                te = roles["test"]
-                res = FoldResult(method, protocol, run, fold, chash, images=paths[te].tolist(),
-                                 y_true=y[te].tolist(), y_pred=prob.argmax(1).tolist(),
-                                 probabilities=np.round(prob, 6).tolist(), extra=info, classes=run_classes,
-                                 seconds=round(dt, 4))  # fmt: skip
-                save_fold(results_dir, res)
-                slots[i] = res
-                fold_s[protocol] = fold_s.get(protocol, 0.0) + dt
-                computed += 1
-            done = list(slots)
+                job = MethodJob(method, feats, y, p, len(run_classes))
+                # each fold is seeded from its own key: the results do not depend on p.workers
+                fitted = runners.run_processes(job, todo, fit_fold, p.workers, prepare=limit_blas_threads)
+                for (protocol, run, fold, roles), (prob, info, dt) in zip(todo, fitted, strict=True):
+                    info["method_config_hash"] = mhash  # chash also covers the fold's images (resume safety)
+                    te = roles["test"]
+                    res = FoldResult(method, protocol, run, fold, chash[(protocol, run, fold)], images=paths[te].tolist(),
+                                     y_true=y[te].tolist(), y_pred=prob.argmax(1).tolist(),
+                                     probabilities=np.round(prob, 6).tolist(), extra=info, classes=run_classes,
+                                     seconds=round(dt, 4))  # fmt: skip
+                    save_fold(results_dir, res)
+                    done.append(res)
+                    fold_s[protocol] = fold_s.get(protocol, 0.0) + dt
+                    computed += 1
+            plan_order = {(pr, r, f): i for i, (pr, r, f, _) in enumerate(folds)}
+            done.sort(key=lambda r: plan_order[(r.protocol, r.run, r.fold)])
             cv.remove_stale(results_dir, done)  # an older plan's folds would be read by aggregate
             protos = {}
             for proto in dict.fromkeys(r.protocol for r in done):
