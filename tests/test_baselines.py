@@ -1,4 +1,5 @@
-"""Wavelet baselines: optimisers, SLFN, features and the stage end to end (synthetic data)."""
+"""Wavelet baselines: batched optimisers, SLFN, features, params and the stage end to end
+(synthetic data). The cross-check against a reference CSO/BBO is in test_swarm_reference.py."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import pywt
+import torch
+import yaml
 from PIL import Image
 
-from ferpipe.baselines import DESCRIPTION, METHODS, features, slfn
-from ferpipe.baselines.optimizers import bbo, cso, jaya
+from ferpipe.baselines import METHODS, REGISTRY, features, slfn, swarm, swarm_slfn
 from ferpipe.baselines.stage import BaselinesParams, main
 from ferpipe.config import CLASSES, ParamsError, parse_section
 from ferpipe.foldio import load_fold
@@ -19,36 +21,32 @@ from ferpipe.foldio import load_fold
 
 # ---------------------------------------------------------------- optimisers
 def sphere(pop):
-    return (pop**2).sum(axis=1)
+    return (pop**2).sum(-1)
 
 
 def rastrigin(pop):
-    return 10 * pop.shape[1] + (pop**2 - 10 * np.cos(2 * np.pi * pop)).sum(axis=1)
+    return 10 * pop.shape[-1] + (pop**2 - 10 * torch.cos(2 * np.pi * pop)).sum(-1)
 
 
-OPTS = {
-    "cso": (cso, {"pop_size": 20, "iters": 200}),
-    "bbo": (bbo, {"pop_size": 30, "iters": 300}),
-    "jaya": (jaya, {"pop_size": 20, "iters": 300}),
-}
+OPTS = {"cso": (swarm.cso, {"pop_size": 20, "iters": 200}), "bbo": (swarm.bbo, {"pop_size": 30, "iters": 300})}
 
 
 @pytest.mark.parametrize("name", list(OPTS))
 def test_optimizers_reach_sphere_optimum(name):
     fn, kw = OPTS[name]
-    res = fn(sphere, -5.12, 5.12, dim=5, seed=3, **kw)
-    assert res.f < 1e-2 and np.abs(res.x).max() < 0.1
-    assert res.f == pytest.approx(sphere(res.x[None])[0])
-    assert np.all(np.diff(res.history) <= 0)  # best-so-far never gets worse
-    assert res.history[-1] == res.f
+    res = fn(sphere, -5.12, 5.12, [3], dim=5, **kw)
+    assert res.f[0] < 1e-2 and np.abs(res.x[0]).max() < 0.1
+    assert res.f[0] == pytest.approx(float(sphere(torch.from_numpy(res.x[0]))), rel=1e-5)
+    assert np.all(np.diff(res.history[0]) <= 0)  # best-so-far never gets worse
+    assert res.history[0, -1] == res.f[0] and res.iterations[0] == kw["iters"]
 
 
 @pytest.mark.parametrize("name", list(OPTS))
 def test_optimizers_reach_rastrigin_global_basin(name):
     fn, kw = OPTS[name]
     # the nearest local minima (one coordinate at ±1) have value ~1: < 0.3 means the global basin
-    res = fn(rastrigin, -5.12, 5.12, dim=2, seed=1, **kw)
-    assert res.f < 0.3, res.f
+    res = fn(rastrigin, -5.12, 5.12, [1], dim=2, **kw)
+    assert res.f[0] < 0.3, res.f
     assert np.all(np.abs(res.x) <= 5.12)
 
 
@@ -56,60 +54,91 @@ def test_optimizers_reach_rastrigin_global_basin(name):
 def test_optimizers_repeat_exactly_with_a_seed(name):
     fn, kw = OPTS[name]
     kw = {**kw, "iters": 30}
-    a = fn(rastrigin, -5.12, 5.12, dim=4, seed=42, **kw)
-    b = fn(rastrigin, -5.12, 5.12, dim=4, seed=42, **kw)
-    c = fn(rastrigin, -5.12, 5.12, dim=4, seed=43, **kw)
+    a = fn(rastrigin, -5.12, 5.12, [42], dim=4, **kw)
+    b = fn(rastrigin, -5.12, 5.12, [42], dim=4, **kw)
+    c = fn(rastrigin, -5.12, 5.12, [43], dim=4, **kw)
     assert np.array_equal(a.x, b.x) and np.array_equal(a.history, b.history) and a.n_evals == b.n_evals
     assert not np.array_equal(a.x, c.x)
 
 
-def test_optimizers_respect_a_vector_box():
-    lo, hi = np.array([1.0, -2.0, 0.5]), np.array([2.0, -1.0, 3.0])
-    for fn, kw in OPTS.values():
-        res = fn(sphere, lo, hi, seed=0, **{**kw, "iters": 100})
-        assert np.all(res.x >= lo) and np.all(res.x <= hi)
-        assert np.allclose(res.x, [1.0, -1.0, 0.5], atol=0.05)  # optimum on the box corner
+@pytest.mark.parametrize("name", list(OPTS))
+def test_a_problem_does_not_depend_on_its_batch(name):
+    # three problems with boxes of their own, solved together and one by one: same bits
+    fn, kw = OPTS[name]
+    kw = {**kw, "iters": 40}
+    lo = np.array([[-5.0, -5, -5], [1.0, -2.0, 0.5], [-1.0, -1, -1]])
+    hi = np.array([[5.0, 5, 5], [2.0, -1.0, 3.0], [3.0, 3, 3]])
+    together = fn(rastrigin, lo, hi, [7, 8, 9], **kw)
+    for k in range(3):
+        alone = fn(rastrigin, lo[k : k + 1], hi[k : k + 1], [7 + k], **kw)
+        assert np.array_equal(together.x[k], alone.x[0]) and np.array_equal(together.history[k], alone.history[0])
+        assert np.all(together.x[k] >= lo[k]) and np.all(together.x[k] <= hi[k])
+    # the sphere's optimum on problem 1's box is its corner nearest 0
+    res = fn(sphere, lo, hi, [0, 1, 2], **{**kw, "iters": 150})
+    assert np.allclose(res.x[1], [1.0, -1.0, 0.5], atol=0.05)
+
+
+def test_bad_optimizer_settings_are_named():
+    with pytest.raises(ValueError, match="upper bound must exceed"):
+        swarm.cso(sphere, 1.0, 1.0, [0], dim=2)
+    with pytest.raises(ValueError, match="elites"):
+        swarm.bbo(sphere, -1, 1, [0], dim=2, pop_size=4, elites=4)
+    with pytest.raises(ValueError, match="subset"):
+        swarm.cso(sphere, -1, 1, [0], dim=2, patience=5)  # a plain function cannot drop finished problems
 
 
 # ---------------------------------------------------------------- SLFN
-def test_slfn_pack_unpack_and_batched_forward_match_a_loop():
+def _reference_fitness(vec, x, y, h, c, fitness, error_weight):
+    w1, b1, w2, b2 = slfn.unpack(vec.astype(np.float64), x.shape[1], h, c)
+    z = np.tanh(x @ w1.T + b1) @ w2.T + b2
+    prob = slfn.softmax(z)
+    loss = -np.log(prob[np.arange(len(y)), y]).mean() if fitness == "ce" else ((prob - np.eye(c)[y]) ** 2).sum(1).mean()
+    err = (z[np.arange(len(y)), y] < z.max(1)).mean()
+    return loss + error_weight * err, err
+
+
+@pytest.mark.parametrize("fitness", ["ce", "mse"])
+def test_fold_batch_scores_each_fold_on_its_own_rows(fitness):
     rng = np.random.default_rng(0)
-    d, h, c, n, p = 4, 3, 7, 11, 5
-    x = rng.standard_normal((n, d)).astype(np.float32)
-    y = rng.integers(0, c, n)
-    pop = rng.standard_normal((p, slfn.n_params(d, h, c)))
-    w1, b1, w2, b2 = slfn.unpack(pop, d, h, c)
-    assert np.array_equal(slfn.pack(w1[2], b1[2], w2[2], b2[2]), pop[2])
-    z = slfn.forward(pop, x, h, c, "tanh")  # class-major (P, c, N)
-    assert z.shape == (p, c, n)
-    for i in range(p):
-        ref = np.tanh(x @ w1[i] + b1[i]) @ w2[i] + b2[i]
-        np.testing.assert_allclose(z[i].T, ref, rtol=1e-4, atol=1e-4)
-        sig = 1 / (1 + np.exp(-(x @ w1[i] + b1[i]))) @ w2[i] + b2[i]
-        np.testing.assert_allclose(slfn.forward(pop[i : i + 1], x, h, c, "sigmoid")[0].T, sig, rtol=1e-4, atol=1e-4)
-    obj = slfn.SLFNObjective(x, y, h, c, fitness="ce", error_weight=0.1)
-    f = obj(pop)
-    for i in range(p):
-        logits = (np.tanh(x @ w1[i] + b1[i]) @ w2[i] + b2[i]).astype(np.float64)
-        prob = np.exp(logits - logits.max(1, keepdims=True))
-        prob /= prob.sum(1, keepdims=True)
-        ce = -np.log(prob[np.arange(n), y]).mean()
-        err = (logits.argmax(1) != y).mean()
-        assert f[i] == pytest.approx(ce + 0.1 * err, rel=1e-4)
-        np.testing.assert_allclose(obj.predict_proba(pop[i], x), prob, rtol=1e-4, atol=1e-6)
-    mse = slfn.SLFNObjective(x, y, h, c, fitness="mse", error_weight=0.0)(pop[:1])
-    assert 0 <= mse[0] <= 2
-    lo, hi = slfn.bounds(d, h, c, 3.0)
-    assert lo.shape == (slfn.n_params(d, h, c),) and np.allclose(hi[0], 3 / np.sqrt(d))
+    d, h, c = 4, 3, 7
+    xs = [rng.standard_normal((n, d)).astype(np.float32) for n in (11, 9)]  # folds of different sizes
+    ys = [rng.integers(0, c, len(x)) for x in xs]
+    batch = slfn.FoldBatch(xs, ys, h, c, d_pad=d, n_pad=16, fitness=fitness, error_weight=0.1)
+    pop = rng.standard_normal((2, 5, slfn.n_params(d, h, c))).astype(np.float32)
+    got = batch(torch.from_numpy(pop)).numpy()
+    err = batch.train_error(torch.from_numpy(pop[:, 0])).numpy()
+    for k in range(2):
+        for i in range(5):
+            ref, ref_err = _reference_fitness(pop[k, i], xs[k], ys[k], h, c, fitness, 0.1)
+            assert got[k, i] == pytest.approx(ref, rel=1e-4)
+        assert err[k] == pytest.approx(_reference_fitness(pop[k, 0], xs[k], ys[k], h, c, fitness, 0.1)[1])
+    sub = batch.subset(torch.tensor([1]))
+    assert np.allclose(sub(torch.from_numpy(pop[1:])).numpy(), got[1:])
+    z = slfn.logits(pop[0, 2], xs[0], h, c)
+    assert z.shape == (11, c) and np.allclose(slfn.softmax(z).sum(1), 1)
+    assert np.allclose(slfn.bounds(d, h, c, 3.0)[:1], 3 / np.sqrt(d))
 
 
-def test_slfn_trained_by_bbo_fits_a_separable_problem():
-    rng = np.random.default_rng(5)
-    y = np.repeat(np.arange(3), 20)
-    x = rng.normal(0, 0.3, (60, 2)) + np.array([[0, 2], [2, -1], [-2, -1]])[y]
-    obj = slfn.SLFNObjective(x, y, 4, 3)
-    res = bbo(obj, *obj.bounds(3.0), pop_size=30, iters=150, seed=0)
-    assert (obj.predict_proba(res.x, x).argmax(1) == y).mean() > 0.95
+def separable(n_classes=7, per_class=20, dim=6, seed=5):
+    """Well-separated Gaussian clusters: a network that cannot fit these is under-trained."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 3, (n_classes, dim))
+    y = np.repeat(np.arange(n_classes), per_class)
+    return (centres[y] + rng.normal(0, 0.3, (len(y), dim))).astype(np.float32), y
+
+
+@pytest.mark.parametrize("method", ["cso", "bbo"])
+def test_default_budget_fits_a_separable_training_set(method):
+    # the defaults of params.yaml's schema: the optimiser must fit (>= 0.95) what is separable
+    x, y = separable()
+    p = REGISTRY[method].Params()
+    x = features.standardize(x, features.fit_standardizer(x))
+    fold = swarm_slfn.PreparedFold(x, y, x, y, x, {})
+    opt = REGISTRY[method].optimizer_kwargs(p)
+    ((_, prob, info, _),) = swarm_slfn.fit_folds([fold], [np.random.SeedSequence(1)], p, method, opt, n_classes=7, chunk=1)
+    assert info["selected"]["train_accuracy"] >= 0.95, info["selected"]
+    assert (prob.argmax(1) == y).mean() >= 0.95 and not info["selected"]["under_trained"]
+    assert info["selected"]["iterations"] <= p.iters
 
 
 # ---------------------------------------------------------------- features
@@ -144,7 +173,7 @@ def test_feature_shapes_and_pca_fit_on_train_rows():
     assert features.swe_features(imgs, "db4", 4).shape == (6, 13)
     assert features.swe_features(imgs, "db4", 2, "histogram", 16, grid=2).shape == (6, 7 * 4)
     pca = features.fit_pca(features.dwt_coefficients(imgs[:4], "db4", 3).astype(np.float64), 20)
-    assert pca[1].shape == (3, 64)  # at most n_train - 1 components
+    assert pca[1].shape == (3, 64) and pca[2] == pytest.approx(1.0)  # at most n_train - 1 components
     assert features.apply_pca(features.dwt_coefficients(imgs, "db4", 3), pca).shape == (6, 3)
     mu, sd = features.fit_standardizer(np.array([[1.0, 5.0], [3.0, 5.0]]))
     assert np.allclose(mu, [2, 5]) and np.allclose(sd, [1, 1])
@@ -163,23 +192,68 @@ def test_swe_entropy_of_constant_and_simple_images():
     assert np.all(h > 0) and np.all(h <= 3 + 1e-9)  # at most log2(bins)
 
 
+def test_pca_keeps_the_components_for_the_variance_asked():
+    rng = np.random.default_rng(0)
+    # 3 strong directions, then noise: 95 % of the variance needs exactly the 3
+    x = rng.standard_normal((50, 3)) @ np.diag([10.0, 8.0, 6.0]) @ rng.standard_normal((3, 20))
+    x += rng.normal(0, 0.1, (50, 20))
+    mean, comp, explained = features.fit_pca(x, variance=0.95)
+    assert comp.shape == (3, 20) and 0.95 <= explained < 1.0
+    assert features.fit_pca(x, variance=0.95, max_components=2)[1].shape == (2, 20)
+    assert features.fit_pca(x, variance=1.0)[1].shape[0] == 20
+    with pytest.raises(ValueError, match="exactly one"):
+        features.fit_pca(x)
+
+
 def test_image_size_must_suit_the_levels():
     with pytest.raises(features.FeatureError, match=r"multiple of 2\*\*4=16"):
         features.swe_features(np.zeros((1, 40, 40)), levels=4)
-    with pytest.raises(ParamsError, match=r"image_size=72 must be divisible by 2\*\*swe_levels=16"):
-        parse_section("baselines", {"image_size": 72}, BaselinesParams)
-    parse_section("baselines", {"image_size": 100, "methods": ["hwt"], "hwt_levels": 2}, BaselinesParams)
+
+
+# ---------------------------------------------------------------- params and registry
+def test_nested_params_name_the_bad_key():
+    with pytest.raises(ParamsError, match=r"baselines.bbo.image_size=72 must be divisible by 2\*\*levels=16"):
+        parse_section("baselines", {"bbo": {"image_size": 72}}, BaselinesParams)
+    p = parse_section("baselines", {"methods": ["hwt"], "hwt": {"image_size": 100, "levels": 2}}, BaselinesParams)
+    assert p.hwt.image_size == 100 and p.cso == REGISTRY["cso"].Params()  # untouched methods keep their defaults
     with pytest.raises(ParamsError, match="methods"):
         parse_section("baselines", {"methods": ["sift"]}, BaselinesParams)
-    with pytest.raises(ParamsError, match="unknown key"):
-        parse_section("baselines", {"hidden": [3]}, BaselinesParams)
+    with pytest.raises(ParamsError, match=r"unknown key\(s\) in 'baselines.cso': itres"):
+        parse_section("baselines", {"cso": {"itres": 3}}, BaselinesParams)
+    with pytest.raises(ParamsError, match="baselines.cso.pca_variance"):
+        parse_section("baselines", {"cso": {"pca_variance": 1.5}}, BaselinesParams)
+    with pytest.raises(ParamsError, match="baselines.bbo.elites"):
+        parse_section("baselines", {"bbo": {"pop": 4, "elites": 4}}, BaselinesParams)
 
 
-def test_descriptions_cover_every_method():
-    assert set(DESCRIPTION) == set(METHODS) == {"hwt", "cso", "bbo"}
+def test_a_profile_overrides_one_nested_key(tmp_path):
+    from ferpipe.config import load_section
+
+    base, profile = tmp_path / "params.yaml", tmp_path / "profile.yaml"
+    base.write_text("baselines:\n  cso: {iters: 100, hidden: 7}\n")
+    profile.write_text("baselines:\n  cso: {iters: 5}\n")
+    p = load_section("baselines", [base, profile])
+    assert (p.cso.iters, p.cso.hidden) == (5, 7)
+
+
+def test_every_registered_method_has_the_interface():
+    assert METHODS == ("hwt", "cso", "bbo")
+    for name, mod in REGISTRY.items():
+        assert mod.NAME == name and hasattr(BaselinesParams(), name)
+        p = mod.Params()
+        p.check()
+        assert len(mod.describe(p)) > 100 and callable(mod.features_of) and callable(mod.fit_folds)
 
 
 # ---------------------------------------------------------------- the stage end to end
+SMALL = (
+    "split: {n_runs: 1}\n"  # other sections are ignored
+    "baselines:\n  threads: 1\n  hwt: {image_size: 64, c_grid: [0.1, 1.0]}\n"
+    "  cso: {image_size: 64, pca_variance: 0.95, pca_max_components: 10, hidden: 8, iters: 150, patience: 0}\n"
+    "  bbo: {image_size: 64, hidden: 8, iters: 200, patience: 0}\n"
+)
+
+
 def pattern(k: int, subj: int, shot: int, size: int = 48) -> np.ndarray:
     """Class k: a blob at angle 2*pi*k/7 (pixel features) + a grating of frequency 3+3k
     (wavelet-entropy features), random phase and noise per (subject, shot)."""
@@ -220,11 +294,7 @@ def synthetic(tmp_path):
                      for p, r in zip(manifest["path"], role, strict=True)]  # fmt: skip
     pd.DataFrame(plan).to_csv(tmp_path / "plan.csv", index=False)
     params = tmp_path / "params.yaml"
-    params.write_text(
-        "split: {n_runs: 1}\n"  # other sections are ignored
-        "baselines:\n  image_size: 64\n  hidden_grid: [8]\n  cso_pca_components: 10\n"
-        "  cso_iters: 60\n  bbo_iters: 120\n  hwt_c_grid: [0.1, 1.0]\n"
-    )
+    params.write_text(SMALL)
     return root / "manifest.csv", tmp_path / "plan.csv", params
 
 
@@ -248,9 +318,16 @@ def test_stage_end_to_end_beats_chance_and_resumes(synthetic, tmp_path, capsys):
             s = summary["methods"][method]["protocols"][protocol]
             assert s["n_folds"] == 3 and s["oa_run_mean"] == pytest.approx(100 * acc, abs=1.0)
         assert json.loads((out / "run.json").read_text())["methods"][method]["n_computed"] == 6  # the run record
-        assert summary["methods"][method]["description"] == DESCRIPTION[method]
+        # the report's description is written from the settings that ran
+        p = parse_section("baselines", yaml.safe_load(synthetic[2].read_text())["baselines"], BaselinesParams)
+        assert summary["methods"][method]["description"] == REGISTRY[method].describe(getattr(p, method))
+    assert "200 generations" in summary["methods"]["bbo"]["description"]
+    assert "150 iterations" in summary["methods"]["cso"]["description"]
     fold = load_fold(out / "bbo" / "subject" / "run01_fold02.json")
     assert fold.extra["selected"]["hidden"] == 8 and len(fold.probabilities[0]) == len(CLASSES)
+    assert fold.extra["selected"]["iterations"] == 200 and 0 <= fold.extra["selected"]["train_accuracy"] <= 1
+    cso_fold = load_fold(out / "cso" / "stratified" / "run01_fold01.json").extra["selected"]
+    assert 1 <= cso_fold["pca_components"] <= 10 and cso_fold["n_features"] == cso_fold["pca_components"]
     mtimes = {f: f.stat().st_mtime_ns for f in out.glob("*/*/*.json")}
 
     # rerun: everything resumed, nothing rewritten
@@ -263,7 +340,7 @@ def test_stage_end_to_end_beats_chance_and_resumes(synthetic, tmp_path, capsys):
     # a changed bbo setting recomputes bbo only
     manifest, plan, params = synthetic
     changed = tmp_path / "changed.yaml"
-    changed.write_text(params.read_text().replace("bbo_iters: 120", "bbo_iters: 121"))
+    changed.write_text(params.read_text().replace("iters: 200", "iters: 201"))
     assert main(_argv(synthetic, out, changed)) == 0
     third = json.loads((out / "run.json").read_text())
     assert third["methods"]["bbo"]["n_computed"] == 6
@@ -284,20 +361,20 @@ def test_stage_repeats_exactly_and_defaults_without_section(synthetic, tmp_path)
     # a params file without the section is valid (all defaults); a bad value exits 2
     assert parse_section("baselines", None, BaselinesParams) == BaselinesParams()
     bad = tmp_path / "bad.yaml"
-    bad.write_text("baselines: {image_size: 72}\n")
+    bad.write_text("baselines: {cso: {image_size: 100}}\n")
     assert main(_argv(synthetic, tmp_path / "c", bad)) == 2
     assert not (tmp_path / "c").exists()
 
 
-def test_worker_processes_give_the_single_process_results(synthetic, tmp_path):
-    # baselines.workers fans folds out over processes; every fold is seeded from its own key
-    # and each process uses the same BLAS threads, so the fold files are byte-identical
+def test_batch_size_does_not_change_a_single_bit(synthetic, tmp_path):
+    # baselines.chunk batches folds into one optimiser run; each fold has its own random
+    # stream and padding, so one-fold batches and one big batch write identical fold files
     manifest, plan, params = synthetic
-    one, two = tmp_path / "w1.yaml", tmp_path / "w2.yaml"
-    one.write_text(params.read_text() + "  workers: 1\n")
-    two.write_text(params.read_text() + "  workers: 2\n")
+    one, many = tmp_path / "c1.yaml", tmp_path / "c50.yaml"
+    one.write_text(params.read_text() + "  chunk: 1\n")
+    many.write_text(params.read_text() + "  chunk: 50\n")
     assert main(_argv(synthetic, tmp_path / "a", one)) == 0
-    assert main(_argv(synthetic, tmp_path / "b", two)) == 0
+    assert main(_argv(synthetic, tmp_path / "b", many)) == 0
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").glob("*/*/run*_fold*.json"))
     assert len(files) == 3 * 2 * 3
     for rel in files:

@@ -22,9 +22,9 @@ def module_file(name: str) -> Path | None:
 
 def local_imports(path: Path) -> set[str]:
     """ferpipe modules imported anywhere in ``path`` (lazy imports inside functions included)."""
-    pkg = ".".join(path.relative_to(SRC).with_suffix("").parts)
-    if path.name != "__init__.py":
-        pkg = pkg.rsplit(".", 1)[0]
+    # the package a relative import starts from: a module's own package; for __init__.py, the
+    # package it initialises (both are the dotted path minus its last part)
+    pkg = ".".join(path.relative_to(SRC).with_suffix("").parts).rsplit(".", 1)[0]
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):

@@ -35,7 +35,7 @@ def params(tmp_path, dataset, classes="auto"):
         validate={"require_subject": False},
         split={"protocols": ["stratified"], "n_runs": 2, "n_groups": 3, "seed": 3},
         train={"image_size": 32, "threads": 1, "batch_size": 16, "head_c_grid": [1.0], "log_mlflow": False},
-        baselines={"methods": ["hwt"], "image_size": 32, "hwt_c_grid": [1.0], "workers": 1},
+        baselines={"methods": ["hwt"], "threads": 1, "hwt": {"image_size": 32, "c_grid": [1.0]}},
         final_model={"log_mlflow": False, "c_source": "any"},
     )
 

@@ -20,7 +20,7 @@ import pandas as pd
 from . import config, cv, tracking
 from .foldio import load_results
 from .io import write_json, write_text, write_with
-from .metrics import pm, run_matrix, summarize
+from .metrics import UNDERFIT_BELOW, pm, run_matrix, summarize
 
 
 def collect(results_dirs: list[Path]) -> dict[tuple[str, str], dict[int, list]]:
@@ -41,7 +41,6 @@ def collect(results_dirs: list[Path]) -> dict[tuple[str, str], dict[int, list]]:
     return found
 
 
-UNDERFIT_BELOW = 0.95  # training accuracy under which a fold's model counts as under-trained
 
 
 def check_complete(method: str, protocol: str, by_run: dict[int, list]) -> None:

@@ -135,7 +135,8 @@ def compare(agg: Path) -> dict:
                     tests[f"{m} vs {b}"] = compare_pair(by_method[m], by_method[b])
         warnings = [f"Under-trained: {row['method']} reaches a training accuracy below {ta['threshold']} in "
                     f"{ta['n_folds_below']}/{ta['of']} folds (mean {ta['mean']:.3f}): its network does not fit its "
-                    "own training set, so its OA understates the method (optimiser budget, input size)."
+                    "own training set, so its OA is a floor for the method, not its measure (too small an optimiser "
+                    "budget, or features that do not separate the training images; docs/baselines.md)."
                     for row in rows if (ta := row.get("training_accuracy") or {}).get("n_folds_below")]  # fmt: skip
         groupings = {len(set(v["grouping_per_run"])) for v in by_method.values() if "grouping_per_run" in v}
         result[protocol] = {"methods": rows, "paired_tests": tests, "classes": list(run_classes),

@@ -41,6 +41,11 @@ class ParamsError(ValueError):
     """A params.yaml value is missing, unknown or of the wrong type."""
 
 
+def bad_value(section: str, obj: Any, key: str, why: str) -> typing.NoReturn:
+    """Raise the error that names ``section.key``, what was expected and what was given."""
+    raise ParamsError(f"params.yaml: {section}.{key}: {why}, got {getattr(obj, key)!r}")
+
+
 @dataclasses.dataclass
 class DataParams:
     dataset: str = "data/jaffe"  # raw dataset folder or CSV/manifest file
@@ -81,6 +86,8 @@ class SplitParams:
 
 def _check_value(section: str, key: str, value: Any, typ: Any) -> Any:
     where = f"params.yaml: {section}.{key}"
+    if dataclasses.is_dataclass(typ):  # a nested section, e.g. baselines.cso
+        return parse_section(f"{section}.{key}", value, typ)
     origin = typing.get_origin(typ)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(typ) if a is not type(None)]
@@ -160,17 +167,31 @@ def read_params_file(path: Path | str = PARAMS_FILE) -> dict[str, Any]:
 
 
 def read_params_files(paths) -> dict[str, Any]:
-    """Merge params files in order; a later file (a profile) overrides keys of a section."""
+    """Merge params files in order; a later file (a profile) overrides keys of a section
+    (nested sections key by key)."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     merged: dict[str, Any] = {}
     for path in paths:
         for section, values in read_params_file(path).items():
             if isinstance(values, dict) and isinstance(merged.get(section), dict):
-                merged[section] = {**merged[section], **values}
+                merged[section] = _merge(merged[section], values, SECTIONS.get(section))
             else:
                 merged[section] = values
     return merged
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any], cls: type | None) -> dict[str, Any]:
+    """``override``'s keys on top of ``base``'s. A nested section of the schema (a dataclass
+    field, e.g. baselines.cso) merges key by key, so a profile can set baselines.cso.iters
+    alone; any other value, a free-form mapping such as gate.tolerances included, replaces."""
+    hints = typing.get_type_hints(cls) if cls is not None and dataclasses.is_dataclass(cls) else {}
+    out = dict(base)
+    for key, value in override.items():
+        sub = hints.get(key)
+        nested = sub is not None and dataclasses.is_dataclass(sub)
+        out[key] = _merge(out[key], value, sub) if nested and isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def load_section(name: str, path=PARAMS_FILE):

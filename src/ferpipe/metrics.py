@@ -57,6 +57,11 @@ def summarize(run_matrices: dict[int, np.ndarray], classes=CLASSES) -> dict:
     }
 
 
+# Training accuracy under which a fold's model counts as under-trained (flagged in its fold
+# result and warned about by aggregate): it does not even fit the data it was trained on.
+UNDERFIT_BELOW = 0.95
+
+
 def accuracy_and_log_loss(prob: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """Accuracy and mean cross-entropy of class probabilities ``prob`` (n, C) for labels ``y``:
     how a validation group chooses a hyper-parameter (accuracy first, then the loss)."""

@@ -20,12 +20,13 @@ SENSITIVITY_TOTAL = dict(zip(CLASSES, [(95.50, 2.32), (94.50, 2.22), (95.70, 2.0
 
 # Table 3: published OA (%) mean ± std of the compared methods (each on its own paper's data).
 TABLE3 = {"hwt": (78.37, 1.50), "cso": (89.49, 0.76), "bbo": (93.79, 1.24), "resnet50": (95.39, 1.41)}
-TABLE3_NAMES = {"hwt": "HWT (Evans 2017)", "cso": "CSO (Wang et al. 2017)",
+TABLE3_NAMES = {"hwt": "HWT (Evans 2017)", "cso": "CSO (Wang, Yang et al. 2017)",
                 "bbo": "BBO (Li et al. 2020)", "resnet50": "ResNet-50 (Li & Lima 2021)"}  # fmt: skip
 
 TABLE3_NOTE = ("Published OA of HWT, CSO and BBO: quoted in Li & Lima's Table 3 from each method's own paper "
-               "(the references it cites), measured there on that paper's data; Li & Lima do not report re-running "
-               "them on their folds, so those rows are not a same-split comparison. Ours are.")  # fmt: skip
+               "(the CSO and BBO values are those papers' abstract results), measured there on that paper's own "
+               "data (a 20-subject, 700-image set where those papers state it), never re-run by Li & Lima on their "
+               "folds: those rows are not a same-split comparison. Ours are. Our re-implementations: docs/baselines.md.")  # fmt: skip
 DATASET_NOTE = ("The paper's numbers come from a private set of 700 posed photos of 20 subjects, "
                 "split image-wise (stratified); ours are measured on JAFFE (213 photos, 10 subjects).")  # fmt: skip
 

@@ -34,7 +34,7 @@ from typing import Any
 from . import classes, config, paper, tracking
 from .config import CLASSES
 from .io import atomic_dir, read_run_record, write_bytes, write_json, write_text
-from .metrics import pm
+from .metrics import UNDERFIT_BELOW, pm
 
 log = logging.getLogger("ferpipe.report")
 
@@ -201,6 +201,7 @@ class Inputs:
     params: list[Path] = dataclasses.field(default_factory=lambda: [config.PARAMS_FILE])
     data_dvc: Path = Path("data.dvc")
     mlflow_record: Path = config.TRAIN_DIR / "mlflow.json"
+    baselines_summary: Path = config.BASELINES_DIR / "baselines_summary.json"
 
 
 def read_json(path: Path) -> dict | None:
@@ -465,6 +466,26 @@ def table3_section(agg: dict, compare: dict | None, compare_dir: Path, figures: 
     return blocks
 
 
+def baselines_section(agg: dict, summary: dict | None) -> list:
+    """What each baseline did, in the words of the settings that ran, and how well it fit its training set."""
+    if not summary or not summary.get("methods"):
+        return []
+    rows = []
+    for m, s in summary["methods"].items():
+        fits = []
+        for proto, by in agg.get(m, {}).items():
+            ta = by.get("training_accuracy")
+            if ta:
+                fits.append(f"{proto}: mean {ta['mean']:.3f}, {ta['n_folds_below']}/{ta['of']} folds below {ta['threshold']}")
+        rows.append([m, s.get("description"), "; ".join(fits) or None])
+    return [Heading(2, "The baselines as run", "baselines"),
+            Para("Re-implemented from their papers and run on the same folds as ResNet-50. What each source paper "
+                 "states, what we chose where it is silent and why: docs/baselines.md. A network that does not fit "
+                 f"its own training set (training accuracy below {UNDERFIT_BELOW}) is under-trained, and its test "
+                 "accuracy understates the method."),
+            Table(["method", "what ran", "training accuracy (resubstitution)"], rows, "Baselines: settings and fit")]
+
+
 def figures_section(agg: dict, resnet: dict, agg_dir: Path, figures: list) -> list:
     blocks: list = [Heading(2, "Figures", "figures")]
     if resnet:
@@ -576,6 +597,7 @@ def build(inp: Inputs) -> tuple[list, list[Figure], dict]:
         blocks += table2_section(resnet)
         blocks += table1_section(resnet)
     blocks += table3_section(agg, compare, inp.compare, figures)
+    blocks += baselines_section(agg, read_json(inp.baselines_summary))
     blocks += figures_section(agg, resnet, inp.aggregate, figures)
     blocks += final_model_section(inp.final_model)
     blocks += metadata_section(inp, train, raw_params, parent)
@@ -621,11 +643,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dvc", type=Path, default=d.data_dvc, help="the .dvc file whose md5 is the data hash")
     ap.add_argument("--mlflow-record", type=Path, default=d.mlflow_record,
                     help="where the train stage recorded the MLflow parent run (the report is logged there)")
+    ap.add_argument("--baselines-summary", type=Path, default=d.baselines_summary,
+                    help="baselines_summary.json from the baselines stage (optional: what each baseline ran)")  # fmt: skip
     ap.add_argument("--no-mlflow", action="store_true", help="do not log the report to the MLflow parent run")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     inp = Inputs(args.ingest_report, args.validation, args.split_summary, args.aggregate, args.compare,
-                 args.train_summary, args.final_model, list(args.params), args.data_dvc, args.mlflow_record)  # fmt: skip
+                 args.train_summary, args.final_model, list(args.params), args.data_dvc, args.mlflow_record,
+                 args.baselines_summary)  # fmt: skip
     try:
         info = write_report(inp, args.out)
     except (FileNotFoundError, config.ParamsError, tracking.ParentRunError) as exc:

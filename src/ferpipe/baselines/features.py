@@ -2,7 +2,7 @@
 
 All functions take a stack of grayscale images ``(N, S, S)`` (float, any scale) and
 return one feature row per image, so the features of all images are computed once per
-method and then sliced per fold (:class:`FeatureCache`). Everything fitted on data
+method and then sliced per fold by the stage. Everything fitted on data
 (PCA, standardisation) lives in :func:`fit_pca` / :func:`fit_standardizer` and is fit on
 the train groups of a fold only.
 
@@ -18,11 +18,9 @@ the train groups of a fold only.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pywt
 from PIL import Image
 
@@ -43,6 +41,29 @@ def check_size(size: int, levels: int, what: str) -> None:
             f"{what}: baselines.image_size={size} must be a positive multiple of 2**{levels}={step} "
             f"for a {levels}-level wavelet decomposition (e.g. {', '.join(map(str, ok[:4]))})"
         )
+
+
+def check_params_size(section: str, size: int, levels: int) -> None:
+    """params.yaml check: ``{section}.image_size`` must suit a ``levels``-level decomposition."""
+    from ..config import ParamsError
+
+    step = 2**levels
+    if levels < 1:
+        raise ParamsError(f"params.yaml: {section}.levels: expected a positive integer, got {levels!r}")
+    if size < step or size % step:
+        raise ParamsError(
+            f"params.yaml: {section}.image_size={size} must be divisible by 2**levels={step} (a {levels}-level "
+            f"wavelet decomposition halves the side {levels} times); use e.g. {step * max(1, round(size / step))}"
+        )
+
+
+def check_wavelet_params(section: str, p) -> None:
+    """params.yaml check of a method's ``wavelet``, ``levels`` and ``image_size``."""
+    from ..config import bad_value
+
+    if p.wavelet not in pywt.wavelist(kind="discrete"):
+        bad_value(section, p, "wavelet", "expected a PyWavelets discrete wavelet name (e.g. haar, db4, sym4)")
+    check_params_size(section, p.image_size, p.levels)
 
 
 def load_gray(paths: list[str], root: Path | str, size: int) -> np.ndarray:
@@ -117,19 +138,29 @@ def dwt_coefficients(images: np.ndarray, wavelet: str = "db4", levels: int = 3,
     return np.concatenate([p.reshape(len(images), -1) for p in parts], axis=1).astype(np.float32)
 
 
-def fit_pca(x: np.ndarray, n_components: int) -> tuple[np.ndarray, np.ndarray]:
-    """PCA by SVD of the centred train rows -> (mean, components (k, F)); k <= min(n-1, F)."""
+def fit_pca(x: np.ndarray, n_components: int | None = None, variance: float | None = None,
+            max_components: int | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+    """PCA by SVD of the centred train rows -> (mean, components (k, F), explained fraction).
+
+    k = ``n_components``, or the fewest components whose explained variance reaches
+    ``variance`` (e.g. 0.95); never more than ``max_components`` nor min(n - 1, F).
+    """
+    if (n_components is None) == (variance is None):
+        raise ValueError("fit_pca: give exactly one of n_components and variance")
     mean = x.mean(axis=0)
-    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
-    k = max(1, min(n_components, x.shape[0] - 1, x.shape[1]))
+    _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
+    ev = s**2
+    frac = np.cumsum(ev) / ev.sum() if ev.sum() > 0 else np.ones_like(ev)
+    k = n_components if variance is None else int(np.searchsorted(frac, variance - 1e-12) + 1)
+    k = max(1, min(k, x.shape[0] - 1, x.shape[1], max_components or k))
     comp = vt[:k]
     # deterministic sign: the largest-|loading| entry of each component is positive
     signs = np.sign(comp[np.arange(k), np.abs(comp).argmax(axis=1)])
-    return mean, comp * signs[:, None]
+    return mean, comp * signs[:, None], float(frac[k - 1])
 
 
-def apply_pca(x: np.ndarray, pca: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    mean, comp = pca
+def apply_pca(x: np.ndarray, pca: tuple[np.ndarray, np.ndarray, float]) -> np.ndarray:
+    mean, comp, _ = pca
     return (x - mean) @ comp.T
 
 
@@ -204,27 +235,3 @@ def fit_standardizer(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def standardize(x: np.ndarray, stats: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     return ((x - stats[0]) / stats[1]).astype(np.float32)
-
-
-class FeatureCache:
-    """In-memory cache: features of all images computed once per key, reused by every fold."""
-
-    def __init__(self) -> None:
-        self._store: dict[Hashable, np.ndarray] = {}
-        self.seconds: dict[Hashable, float] = {}
-
-    def get(self, key: Hashable, compute: Callable[[], np.ndarray]) -> np.ndarray:
-        if key not in self._store:
-            import time
-
-            t0 = time.perf_counter()
-            self._store[key] = compute()
-            self.seconds[key] = time.perf_counter() - t0
-        return self._store[key]
-
-
-def read_manifest(path: Path | str) -> pd.DataFrame:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: manifest not found (run the ingest stage first)")
-    return pd.read_csv(path, dtype={"subject": str, "sha256": str, "path": str}, keep_default_na=False)

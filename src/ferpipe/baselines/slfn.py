@@ -1,92 +1,72 @@
-"""Single-hidden-layer feed-forward network (SLFN) whose weights are one flat vector.
+"""Single-hidden-layer feed-forward networks (SLFN) whose weights are one flat vector.
 
-A candidate is ``[W1 (d*h), b1 (h), W2 (h*c), b2 (c)]`` (row-major), so a whole
-population ``(P, D)`` is unpacked into views and evaluated with two batched matmuls:
-``H = act(X @ W1[p] + b1[p])`` and ``Z = H @ W2[p] + b2[p]`` for all p at once.
+A candidate is ``[W1 (h x d), b1 (h), W2 (c x h), b2 (c)]`` (row-major), so a population
+of candidates for F folds ``(F, P, D)`` is unpacked into views and scored with two
+batched matrix products: ``H = act(W1 X^T + b1)`` and ``Z = W2 H + b2`` (class-major, the
+training rows on the fast axis).
 
-Fitness (minimised by the swarm/evolutionary optimisers), on the training rows:
+Fitness (minimised by the optimisers of :mod:`.swarm`), on a fold's training rows:
 ``loss + error_weight * training error rate``, where loss is the mean softmax
-cross-entropy of the logits (``fitness='ce'``) or the mean squared error between
-``softmax(Z)`` and the one-hot targets (``fitness='mse'``, summed over classes); the
-small error-rate term breaks ties between networks of equal loss in favour of
-the one that classifies more training samples correctly.
+cross-entropy (``fitness='ce'``) or the mean squared error between ``softmax(Z)`` and the
+one-hot targets summed over classes (``fitness='mse'``); the small error-rate term breaks
+ties between networks of equal loss in favour of the one that classifies more training
+rows correctly (a tie with the true class counts as correct).
+
+Folds differ in their number of training rows and (after PCA) of features: both are
+zero-padded to sizes fixed for the whole stage (``n_pad``, ``d_pad``), padded rows carry
+weight 0 and padded feature columns are 0, so they change neither the fitness nor, since
+the sizes do not depend on the batch, a single bit of a fold's result.
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
+
 import numpy as np
+import torch
 
 ACTIVATIONS = ("tanh", "sigmoid")
 FITNESSES = ("ce", "mse")
 
 
 def n_params(d: int, h: int, c: int) -> int:
-    return d * h + h + h * c + c
+    return h * d + h + c * h + c
 
 
-def unpack(pop: np.ndarray, d: int, h: int, c: int):
-    """``(P, D)`` -> W1 (P, d, h), b1 (P, h), W2 (P, h, c), b2 (P, c) (views when possible)."""
-    pop = np.asarray(pop)
-    if pop.ndim == 1:
-        pop = pop[None]
-    if pop.shape[1] != n_params(d, h, c):
-        raise ValueError(f"SLFN({d}-{h}-{c}) has {n_params(d, h, c)} parameters, got {pop.shape[1]}")
-    p = pop.shape[0]
-    i = 0
-    w1 = pop[:, i : i + d * h].reshape(p, d, h)
-    i += d * h
-    b1 = pop[:, i : i + h]
-    i += h
-    w2 = pop[:, i : i + h * c].reshape(p, h, c)
-    i += h * c
-    b2 = pop[:, i : i + c]
-    return w1, b1, w2, b2
+def unpack(pop, d: int, h: int, c: int):
+    """``(..., D)`` -> W1 ``(..., h, d)``, b1 ``(..., h)``, W2 ``(..., c, h)``, b2 ``(..., c)``."""
+    if pop.shape[-1] != n_params(d, h, c):
+        raise ValueError(f"SLFN({d}-{h}-{c}) has {n_params(d, h, c)} parameters, got {pop.shape[-1]}")
+    lead = tuple(pop.shape[:-1])
+    cuts = np.cumsum([h * d, h, c * h])
+    w1, b1, w2, b2 = (pop[..., a:b] for a, b in zip([0, *cuts], [*cuts, None], strict=True))
+    return w1.reshape(*lead, h, d), b1, w2.reshape(*lead, c, h), b2
 
 
-def pack(w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`unpack` for one network (unbatched arrays) -> ``(D,)``."""
-    return np.concatenate([np.ravel(w1), np.ravel(b1), np.ravel(w2), np.ravel(b2)])
+def bounds(d: int, h: int, c: int, bound: float = 3.0, fan_in: int | None = None) -> np.ndarray:
+    """Upper corner of the search box (the lower one is its negative): each layer's
+    weights and biases in ``±bound / sqrt(fan_in)``; ``fan_in`` of the first layer is the
+    fold's real input count (default ``d``; padded columns get the same bound, unused).
+    With standardised inputs a uniform draw gives pre-activations of standard deviation
+    about ``bound / sqrt(3)``, whatever the layer width."""
+    first = bound / np.sqrt(fan_in or d)
+    return np.concatenate([np.full(h * d + h, first), np.full(c * h + c, bound / np.sqrt(h))])
 
 
-def bounds(d: int, h: int, c: int, bound: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
-    """Search box: each layer's weights and biases in ``±bound / sqrt(fan_in)``.
-
-    With standardised inputs a uniform draw from this box gives pre-activations of
-    standard deviation about ``bound / sqrt(3)``, whatever the layer width.
-    """
-    hi = np.concatenate([np.full(d * h + h, bound / np.sqrt(d)), np.full(h * c + c, bound / np.sqrt(h))])
-    return -hi, hi
-
-
-def _act(z: np.ndarray, activation: str) -> np.ndarray:
+def _act(z, activation: str):
     if activation == "tanh":
-        return np.tanh(z, out=z)
+        return torch.tanh_(z) if isinstance(z, torch.Tensor) else np.tanh(z)
     if activation == "sigmoid":
-        # 1/(1+exp(-z)) written with tanh: no overflow warnings, same values
-        np.multiply(z, 0.5, out=z)
-        np.tanh(z, out=z)
-        z += 1.0
-        z *= 0.5
-        return z
+        return torch.sigmoid_(z) if isinstance(z, torch.Tensor) else 0.5 * (np.tanh(0.5 * z) + 1.0)
     raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
 
 
-def forward(pop: np.ndarray, x: np.ndarray, h: int, c: int, activation: str = "tanh") -> np.ndarray:
-    """Logits of every candidate on every row, class-major: ``(P, c, N)``.
-
-    Two batched matmuls over the population, computed transposed (``W1^T X^T``) so that
-    the N samples are the contiguous axis: the softmax reductions over the c classes
-    then run as fast element-wise operations on length-N rows.
-    """
-    pop = np.asarray(pop, dtype=np.float32)
-    x = np.asarray(x, dtype=np.float32)
-    w1, b1, w2, b2 = unpack(pop, x.shape[1], h, c)
-    hid = np.matmul(w1.transpose(0, 2, 1), x.T)  # (P, h, N)
-    hid += b1[:, :, None]
-    _act(hid, activation)
-    z = np.matmul(w2.transpose(0, 2, 1), hid)  # (P, c, N)
-    z += b2[:, :, None]
-    return z
+def logits(vec: np.ndarray, x: np.ndarray, h: int, c: int, activation: str = "tanh") -> np.ndarray:
+    """Logits ``(N, c)`` of one network ``vec (D,)`` on rows ``x (N, d)`` (float64, for predictions)."""
+    x = np.asarray(x, dtype=np.float64)
+    w1, b1, w2, b2 = unpack(np.asarray(vec, dtype=np.float64), x.shape[1], h, c)
+    return _act(x @ w1.T + b1, activation) @ w2.T + b2
 
 
 def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -95,60 +75,65 @@ def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
     return e / e.sum(axis=axis, keepdims=True)
 
 
-def one_hot(y: np.ndarray, c: int) -> np.ndarray:
-    """Class-major one-hot ``(c, N)`` float32."""
-    return (np.arange(c)[:, None] == np.asarray(y)[None, :]).astype(np.float32)
+class FoldBatch:
+    """``f(pop (F, P, D)) -> (F, P)``: the fitness of every candidate network on the
+    training rows of each of F folds (fold k's candidates on fold k's rows)."""
 
-
-def losses(z: np.ndarray, y: np.ndarray, fitness: str = "ce", onehot: np.ndarray | None = None) -> np.ndarray:
-    """Mean loss per candidate ``(P,)`` from class-major logits ``(P, c, N)``, labels ``(N,)``."""
-    t = one_hot(y, z.shape[1]) if onehot is None else onehot
-    zs = z - z.max(axis=1, keepdims=True)
-    e = np.exp(zs)
-    tot = e.sum(axis=1)  # (P, N)
-    if fitness == "ce":
-        return (np.log(tot) - (zs * t).sum(axis=1)).mean(axis=1)
-    if fitness == "mse":
-        e /= tot[:, None, :]
-        e -= t
-        return (e * e).sum(axis=1).mean(axis=1)
-    raise ValueError(f"fitness must be one of {FITNESSES}, got {fitness!r}")
-
-
-def error_rates(z: np.ndarray, y: np.ndarray, onehot: np.ndarray | None = None) -> np.ndarray:
-    """Training error rate per candidate; a tie with the true class counts as correct."""
-    t = one_hot(y, z.shape[1]) if onehot is None else onehot
-    return ((z * t).sum(axis=1) < z.max(axis=1)).mean(axis=1)
-
-
-class SLFNObjective:
-    """``f(pop (P, D)) -> (P,)``: the fitness of every candidate network on (x, y)."""
-
-    def __init__(self, x: np.ndarray, y: np.ndarray, h: int, n_classes: int,
-                 activation: str = "tanh", fitness: str = "ce", error_weight: float = 0.1):  # fmt: skip
+    def __init__(self, xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], h: int, n_classes: int, *,
+                 d_pad: int, n_pad: int, activation: str = "tanh", fitness: str = "ce",
+                 error_weight: float = 0.1) -> None:  # fmt: skip
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
         if fitness not in FITNESSES:
             raise ValueError(f"fitness must be one of {FITNESSES}, got {fitness!r}")
-        self.x = np.ascontiguousarray(x, dtype=np.float32)
-        self.y = np.asarray(y, dtype=np.int64)
-        self.h, self.c = h, n_classes
+        f = len(xs)
+        self.h, self.c, self.d_pad = h, n_classes, d_pad
         self.activation, self.fitness, self.error_weight = activation, fitness, error_weight
-        self.dim = n_params(self.x.shape[1], h, n_classes)
-        self._onehot = one_hot(self.y, n_classes)
-        self.n_evals = 0
+        self.dim = n_params(d_pad, h, n_classes)
+        xt = np.zeros((f, d_pad, n_pad), dtype=np.float32)
+        onehot = np.zeros((f, n_classes, n_pad), dtype=np.float32)
+        weight = np.zeros((f, n_pad), dtype=np.float32)
+        for k, (x, y) in enumerate(zip(xs, ys, strict=True)):
+            n, d = x.shape
+            if n > n_pad or d > d_pad:
+                raise ValueError(f"fold {k}: {n} rows x {d} features exceed the padding {n_pad} x {d_pad}")
+            xt[k, :d, :n] = x.T
+            onehot[k, np.asarray(y), np.arange(n)] = 1.0
+            weight[k, :n] = 1.0 / n
+        self.xt, self.onehot, self.weight = (torch.from_numpy(a) for a in (xt, onehot, weight))
+        self.label = self.onehot.argmax(dim=1)[:, None, None, :]  # (F, 1, 1, N); padded rows: class 0, weight 0
 
-    def bounds(self, bound: float) -> tuple[np.ndarray, np.ndarray]:
-        return bounds(self.x.shape[1], self.h, self.c, bound)
+    def subset(self, index: torch.Tensor) -> FoldBatch:
+        """The same objective for the folds ``index`` only (an optimiser drops finished folds)."""
+        out = copy.copy(self)
+        out.xt, out.onehot, out.weight, out.label = (t[index] for t in (self.xt, self.onehot, self.weight, self.label))
+        return out
 
-    def __call__(self, pop: np.ndarray) -> np.ndarray:
-        z = forward(pop, self.x, self.h, self.c, self.activation)
-        self.n_evals += z.shape[0]
-        f = losses(z, self.y, self.fitness, self._onehot)
-        if self.error_weight:
-            f = f + self.error_weight * error_rates(z, self.y, self._onehot)
-        return f.astype(np.float64)
+    def __call__(self, pop: torch.Tensor) -> torch.Tensor:
+        loss, error = self._scores(pop)
+        return loss + self.error_weight * error if self.error_weight else loss
 
-    def predict_proba(self, vec: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """Softmax probabilities ``(N, c)`` of one network ``vec (D,)`` on rows x."""
-        return softmax(forward(vec[None], x, self.h, self.c, self.activation)[0].T.astype(np.float64))
+    def train_error(self, best: torch.Tensor) -> torch.Tensor:
+        """Training error rate ``(F,)`` of one network per fold ``(F, D)`` (the plateau test)."""
+        return self._scores(best[:, None])[1][:, 0]
+
+    def _scores(self, pop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean loss and training error rate, each ``(F, P)``."""
+        f, p, _ = pop.shape
+        h, c, n = self.h, self.c, self.xt.shape[-1]
+        w1, b1, w2, b2 = unpack(pop, self.d_pad, h, c)
+        hid = torch.baddbmm(b1.reshape(f, p * h, 1), w1.reshape(f, p * h, self.d_pad), self.xt)  # (F, P*h, N)
+        _act(hid, self.activation)
+        z = torch.baddbmm(b2.reshape(f * p, c, 1), w2.reshape(f * p, c, h), hid.view(f * p, h, n))
+        z = z.view(f, p, c, n)
+        top = z.amax(dim=2, keepdim=True)
+        true = z.gather(2, self.label.expand(f, p, 1, n))[:, :, 0]  # (F, P, N) logit of the true class
+        if self.fitness == "ce":
+            per_row = (z - top).exp_().sum(dim=2).log_() + top[:, :, 0] - true
+        else:
+            e = (z - top).exp_()
+            e /= e.sum(dim=2, keepdim=True)
+            per_row = ((e - self.onehot[:, None]) ** 2).sum(dim=2)
+        w = self.weight[:, None]
+        wrong = (true < top[:, :, 0]).to(per_row.dtype)  # a tie with the top logit counts as correct
+        return (per_row * w).sum(dim=2), (wrong * w).sum(dim=2)
