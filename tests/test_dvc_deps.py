@@ -67,6 +67,10 @@ def test_every_stage_lists_the_modules_it_runs():
             continue
         deps = [ROOT / (d if isinstance(d, str) else next(iter(d))) for d in stage.get("deps", [])]
         needed = closure(m.group(1))
+        for d in deps:  # a package folder in the deps: every module in it may run (e.g. a registry)
+            if d.is_dir() and SRC in d.parents:
+                for f in d.rglob("*.py"):
+                    needed |= closure(".".join(f.relative_to(SRC).with_suffix("").parts))
         absent = sorted(str(f.relative_to(ROOT)) for f in needed
                         if f.name != "__init__.py" or f.parent != SRC / "ferpipe"
                         if not any(f == d or d in f.parents for d in deps))  # fmt: skip
