@@ -23,10 +23,10 @@ problems share its batch: batching is a speed knob, never a results knob.
   lower)``. Elitism: the ``elites`` best habitats replace the worst of the new generation.
 
 Both return :class:`BatchResult` (best position, value and best-so-far history per problem).
-With ``patience`` > 0 a problem stops once its fit plateaus (see :class:`_Stopper`: for a
-network, its training error has not fallen for ``patience`` iterations); it then
-leaves the batch and the others run on without it. The objective must then offer
-``subset(index) -> objective`` for the remaining problems.
+With ``patience`` > 0 a problem stops once its fit plateaus (:class:`_Stopper`: its best
+network's training error has not fallen for ``patience`` iterations); it then leaves the
+batch and the others run on without it. The objective must then offer ``train_error`` and
+``subset(index) -> objective`` (as :class:`ferpipe.baselines.slfn.FoldBatch` does).
 """
 
 from __future__ import annotations
@@ -88,23 +88,21 @@ def _unit(u16: np.ndarray) -> torch.Tensor:
 class _Stopper:
     """Which problems are still running; finished ones are written out and leave the batch.
 
-    The plateau test uses the objective's ``train_error(best (F, D)) -> (F,)`` when it has
-    one (an SLFN: stop when the best network's training error has not fallen for ``patience``
-    iterations, so a network that fits every training row still runs ``patience`` more
-    iterations to widen its margins), else the best value (improved by less than ``min_improvement``,
-    relative, over ``patience`` iterations).
+    With ``patience`` > 0 a problem stops when the objective's ``train_error(best (F, D)) ->
+    (F,)`` (an SLFN's training error rate) has not fallen for ``patience`` iterations, so a
+    network that fits every training row still runs ``patience`` more iterations to widen its
+    margins.
     """
 
-    def __init__(self, n: int, iters: int, dim: int, patience: int, min_improvement: float, f: Objective) -> None:
-        if patience and not hasattr(f, "subset"):
-            raise ValueError("patience > 0 needs an objective with subset(index)")
-        self.patience, self.tol = patience, min_improvement
-        self.use_error = patience > 0 and hasattr(f, "train_error")
+    def __init__(self, n: int, iters: int, dim: int, patience: int, f: Objective) -> None:
+        if patience and not (hasattr(f, "subset") and hasattr(f, "train_error")):
+            raise ValueError("patience > 0 needs an objective with subset(index) and train_error(best)")
+        self.patience = patience
         self.ids = torch.arange(n)  # original index of each running problem
         self.x = np.zeros((n, dim), dtype=np.float32)
         self.f = np.zeros(n)
         self.history = np.zeros((n, iters + 1))
-        self.error = np.zeros((n, iters + 1)) if self.use_error else None
+        self.error = np.zeros((n, iters + 1)) if patience else None
         self.iterations = np.full(n, iters)
         self.n_evals = np.zeros(n, dtype=np.int64)
 
@@ -116,17 +114,10 @@ class _Stopper:
 
     def done(self, it: int) -> torch.Tensor | None:
         """Mask of the running problems that plateaued at iteration ``it`` (None: keep all)."""
-        if not self.patience:
+        if self.error is None or it < self.patience:
             return None
         rows = self.ids.numpy()
-        if it < self.patience:
-            return None
-        if self.error is not None:
-            now = self.error[rows, it]
-            stop = self.error[rows, it - self.patience] <= now
-        else:
-            now, then = self.history[rows, it], self.history[rows, it - self.patience]
-            stop = (then - now) <= self.tol * np.abs(now)
+        stop = self.error[rows, it - self.patience] <= self.error[rows, it]
         return torch.from_numpy(stop) if stop.any() else None
 
     def finish(self, mask: torch.Tensor, best_x, best_f, it: int, n_evals: int) -> None:
@@ -171,8 +162,8 @@ def _initial(streams: Streams, lo, hi, pop_size: int) -> torch.Tensor:
 
 def cso(f: Objective, lower, upper, seeds: Sequence, *, dim: int | None = None, pop_size: int = 20,
         iters: int = 100, mr: float = 0.8, smp: int = 5, srd: float = 0.2, cdc: float = 0.2,
-        spc: bool = True, c1: float = 1.5, w: float = 0.5, vmax: float = 0.2, patience: int = 0,
-        min_improvement: float = 0.0) -> BatchResult:  # fmt: skip
+        spc: bool = True, c1: float = 1.5, w: float = 0.5, vmax: float = 0.2,
+        patience: int = 0) -> BatchResult:  # fmt: skip
     """Cat swarm optimisation (minimisation) of ``len(seeds)`` problems; see the module docstring."""
     if smp < 1 or pop_size < 1 or iters < 0:
         raise ValueError("cso: smp, pop_size >= 1 and iters >= 0 required")
@@ -191,7 +182,7 @@ def cso(f: Objective, lower, upper, seeds: Sequence, *, dim: int | None = None, 
     fx = _evaluate(f, x)
     best_f, b = fx.min(dim=1)
     best_x = x[torch.arange(n), b]
-    stopper = _Stopper(n, iters, d, patience, min_improvement, f)
+    stopper = _Stopper(n, iters, d, patience, f)
     stopper.record(0, best_f, best_x, f)
     n_evals = pop_size
     # a seeking copy's factor per dimension from one byte: 1 - SRD / 1 + SRD each with
@@ -259,7 +250,7 @@ def cso(f: Objective, lower, upper, seeds: Sequence, *, dim: int | None = None, 
 
 def bbo(f: Objective, lower, upper, seeds: Sequence, *, dim: int | None = None, pop_size: int = 30,
         iters: int = 100, elites: int = 2, mutation_prob: float = 0.02, mutation_scale: float = 0.05,
-        patience: int = 0, min_improvement: float = 0.0) -> BatchResult:  # fmt: skip
+        patience: int = 0) -> BatchResult:  # fmt: skip
     """Biogeography-based optimisation (minimisation) of ``len(seeds)`` problems; see the module docstring."""
     if pop_size < 2 or iters < 0 or not 0 <= elites < pop_size:
         raise ValueError("bbo: pop_size >= 2, iters >= 0 and 0 <= elites < pop_size required")
@@ -279,7 +270,7 @@ def bbo(f: Objective, lower, upper, seeds: Sequence, *, dim: int | None = None, 
     fx = _evaluate(f, x)
     fx, order = fx.sort(dim=1, stable=True)
     x = x[torch.arange(n)[:, None], order]
-    stopper = _Stopper(n, iters, d, patience, min_improvement, f)
+    stopper = _Stopper(n, iters, d, patience, f)
     stopper.record(0, fx[:, 0], x[:, 0], f)
     n_evals = pop_size
     n_siv = pop_size * d

@@ -23,7 +23,14 @@ from . import slfn, swarm
 
 @dataclasses.dataclass
 class SLFNParams:
-    """Settings every swarm-trained SLFN method shares (its own params add the rest)."""
+    """Settings every swarm-trained SLFN method shares (its own params add the rest).
+
+    image_size: side of the gray face. hidden: hidden units; activation: tanh | sigmoid.
+    fitness: ce (softmax cross-entropy) | mse (softmax vs one-hot), plus error_weight x the
+    training error rate. weight_bound: search box of each layer ±weight_bound/sqrt(fan_in).
+    pop: population size. iters: at most this many iterations. patience: stop a fold once its
+    best network's training error has not fallen for this many iterations (0 = run all iters).
+    """
 
     image_size: int = 64
     hidden: int = 20
@@ -34,7 +41,6 @@ class SLFNParams:
     pop: int = 20
     iters: int = 3000
     patience: int = 300
-    min_improvement: float = 0.01
 
     def check_network(self, section: str) -> None:
         def bad(key, why):
@@ -51,8 +57,6 @@ class SLFNParams:
             bad("iters", "expected an integer >= 0")
         if self.patience < 0:
             bad("patience", "expected an integer >= 0 (0 = always run all iters)")
-        if self.min_improvement < 0:
-            bad("min_improvement", "expected >= 0")
         if self.weight_bound <= 0:
             bad("weight_bound", "expected a positive number")
         if self.error_weight < 0:
@@ -104,8 +108,7 @@ def fit_folds(prepared: Sequence[PreparedFold], seeds: Sequence, p: SLFNParams, 
         hi = slfn.bounds(d, h, c, p.weight_bound)
         with torch.no_grad():
             res = swarm.OPTIMIZERS[optimizer](batch, -hi, hi, [seeds[i] for i in idx], pop_size=p.pop, iters=p.iters,
-                                              patience=p.patience, min_improvement=p.min_improvement,
-                                              **opt_kwargs)  # fmt: skip
+                                              patience=p.patience, **opt_kwargs)  # fmt: skip
         dt = (time.perf_counter() - t0) / len(part)
         for k, (i, fold) in enumerate(zip(idx, part, strict=True)):
             vec = res.x[k]
