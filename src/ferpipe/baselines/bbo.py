@@ -69,7 +69,7 @@ def describe(p: Params) -> str:
             f"({n_features(p)} features), standardised on the train groups; a single-hidden-layer network ({p.hidden} "
             f"{p.activation} units, softmax output) whose weights and biases are all found by biogeography-based "
             f"optimisation (Simon 2008: rank-based linear migration, Gaussian mutation {p.mutation_prob} per SIV, "
-            f"{p.elites} elites; {p.pop} habitats x {p.iters} generations) minimising the training "
+            f"{p.elites} elites; {p.pop} habitats, at most {p.iters} generations{swarm_slfn.stop_rule(p)}) minimising the training "
             f"{'cross-entropy' if p.fitness == 'ce' else 'mean squared error'} + {p.error_weight} x training error rate.")  # fmt: skip
 
 

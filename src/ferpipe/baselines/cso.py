@@ -70,7 +70,7 @@ def describe(p: Params) -> str:
             f"on the train groups to the fewest components explaining {100 * p.pca_variance:g} % of their variance "
             f"(at most {p.pca_max_components}), standardised; a single-hidden-layer network ({p.hidden} {p.activation} "
             f"units, softmax output) whose weights and biases are all found by cat swarm optimisation (Chu et al. "
-            f"2006: {p.pop} cats x {p.iters} iterations, MR {p.mr}, SMP {p.smp}, SRD {p.srd}, CDC {p.cdc}, "
+            f"2006: {p.pop} cats, at most {p.iters} iterations{swarm_slfn.stop_rule(p)}, MR {p.mr}, SMP {p.smp}, SRD {p.srd}, CDC {p.cdc}, "
             f"SPC {'on' if p.spc else 'off'}, c1 {p.c1}, inertia {p.w}) minimising the training "
             f"{'cross-entropy' if p.fitness == 'ce' else 'mean squared error'} + {p.error_weight} x training error rate.")  # fmt: skip
 

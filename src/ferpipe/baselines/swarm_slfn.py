@@ -63,6 +63,11 @@ class SLFNParams:
             bad("error_weight", "expected >= 0")
 
 
+def stop_rule(p: SLFNParams) -> str:
+    """The stopping rule in words, for a method's description."""
+    return f" (a fold stops once its training error has not fallen for {p.patience} iterations)" if p.patience else ""
+
+
 @dataclasses.dataclass
 class PreparedFold:
     """One fold's standardised rows and what preparing them found (e.g. PCA components)."""
