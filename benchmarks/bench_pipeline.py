@@ -60,7 +60,7 @@ def synthetic(n: int, runs: int, groups: int, dim: int, tmp: Path):
     feats[:, :, :7] += 1.5 * np.eye(7, dtype=np.float32)[y]
     p = train.TrainParams(threads=1, log_mlflow=False)
     ctx = train.FoldContext(p, p.method, "bench", tmp / p.method, manifest["path"].tolist(), y, feats=feats)
-    tasks = [train.FoldTask(pr, r, f, roles) for pr, r, f, roles in cv.fold_indices(plan, data.check_plan_matches(plan, manifest))]
+    tasks = [train.FoldTask(pr, r, f, roles) for pr, r, f, roles in cv.fold_indices(plan, cv.check_plan_matches(plan, manifest))]
     return ctx, tasks
 
 

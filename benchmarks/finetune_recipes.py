@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     manifest = data.read_manifest(args.manifest)
     plan = cv.read_plan(args.plan)
     plan = plan[(plan.protocol == args.protocol) & (plan.run == args.run) & plan.fold.isin(folds)]
-    index_of = data.check_plan_matches(plan, manifest)
+    index_of = cv.check_plan_matches(plan, manifest)
     from safetensors.torch import load_file
 
     ctx = Ctx("recipes", data.load_images_uint8(manifest, args.manifest.parent, args.image_size),

@@ -28,7 +28,7 @@ def fold(tmp_path_factory):
     m = ingest.ingest(SHARED_JAFFE, root / "ing", IngestParams(image_size=64))
     plan, _ = split.make_plan(m, SplitParams())
     plan = plan[(plan.protocol == "stratified") & (plan.run == 1) & (plan.fold == 1)]
-    _, _, _, roles = next(cv.fold_indices(plan, data.check_plan_matches(plan, m)))
+    _, _, _, roles = next(cv.fold_indices(plan, cv.check_plan_matches(plan, m)))
     images = data.load_images_uint8(m, root / "ing", 64)
     weights = Path(config.WEIGHTS_FILE)
     if not weights.exists():

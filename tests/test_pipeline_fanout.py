@@ -32,7 +32,7 @@ def tiny_context(results_dir: Path):
                              "label": [CLASSES[i % 7] for i in range(n)],
                              "subject": [f"S{i % 9}" for i in range(n)]})  # fmt: skip
     plan, _ = split.make_plan(manifest, SplitParams(protocols=["stratified"], n_runs=2, n_groups=3, seed=1))
-    index_of = data.check_plan_matches(plan, manifest)
+    index_of = cv.check_plan_matches(plan, manifest)
     y = data.labels_of(manifest)
     rng = np.random.default_rng(0)
     feats = rng.normal(size=(2, n, 128))

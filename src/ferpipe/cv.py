@@ -1,10 +1,20 @@
-"""Cross-validation plumbing shared by the stages that evaluate on the split plan (train,
-baselines): reading the plan, selecting folds, the per-fold row indices, per-fold seeds,
-resuming finished folds and removing results of folds no longer planned.
+"""The cross-validation engine shared by the stages that evaluate on the split plan (train,
+baselines): :func:`plan_folds` reads the plan and selects the folds, :class:`FoldRun`
+resumes the finished ones, keeps each new result as it arrives, and at the end returns
+all of them in plan order and removes results of folds no longer planned. Per-fold seeds
+and the grouping digest live here too. How the folds in between get computed (one by one,
+in worker processes, Prefect/Dask, or batched) is the stage's business.
+
+    folds, full_plan = cv.plan_folds(plan_path, manifest, max_runs, max_folds)
+    fr = cv.FoldRun.open(results_dir, folds, chash_of)
+    for result in compute(fr.todo):
+        fr.keep(result)          # saved at once: a killed run keeps it
+    results = fr.close()         # plan order; stale files removed
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -14,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .config import PROTOCOLS
-from .foldio import FoldResult, finished_fold, fold_path
+from .foldio import FoldResult, finished_fold, fold_path, save_fold
 
 PLAN_COLUMNS = ("protocol", "run", "fold", "image", "role")
 
@@ -88,3 +98,58 @@ def remove_stale(results_dir: Path, keep: Iterable[FoldResult]) -> int:
     for f in stale:
         f.unlink()
     return len(stale)
+
+
+def plan_folds(plan_path: Path | str, manifest: pd.DataFrame, max_runs: int = 0,
+               max_folds: int = 0) -> tuple[list[tuple[str, int, int, dict[str, np.ndarray]]], pd.DataFrame]:  # fmt: skip
+    """-> (the selected folds in plan order as (protocol, run, fold, {role: manifest rows}),
+    the whole plan). Names the problem when nothing is selected or the plan names images
+    the manifest lacks."""
+    full = read_plan(plan_path)
+    plan = select_folds(full, max_runs, max_folds)
+    if plan.empty:
+        raise ValueError(f"{plan_path}: no folds selected (max_runs={max_runs}, max_folds={max_folds})")
+    return list(fold_indices(plan, check_plan_matches(plan, manifest))), full
+
+
+def check_plan_matches(plan: pd.DataFrame, manifest: pd.DataFrame) -> dict[str, int]:
+    """-> {image path: manifest row}; a named error when the plan names images the manifest lacks."""
+    index_of = {p: i for i, p in enumerate(manifest["path"])}
+    unknown = sorted(set(plan["image"]) - set(index_of))
+    if unknown:
+        raise ValueError(f"split plan names {len(unknown)} image(s) not in the manifest, e.g. {unknown[:3]}: "
+                         "rerun the split stage")  # fmt: skip
+    return index_of
+
+
+@dataclasses.dataclass
+class FoldRun:
+    """One stage's pass over its folds: which are finished (resumed), which are to do, and the
+    results kept so far."""
+
+    results_dir: Path
+    folds: list
+    done: list[FoldResult]
+    todo: list
+    n_new: int = 0
+
+    @classmethod
+    def open(cls, results_dir: Path | str, folds: list, chash_of: Callable[..., str]) -> FoldRun:
+        """``chash_of(protocol, run, fold, roles)``: the config hash a finished fold must carry."""
+        done, todo = split_finished(Path(results_dir), folds, chash_of)
+        return cls(Path(results_dir), folds, done, todo)
+
+    def keep(self, result: FoldResult, save: bool = True) -> None:
+        """A newly computed fold (``save=False`` when the computing worker saved it already)."""
+        if save:
+            save_fold(self.results_dir, result)  # atomic: a killed run never leaves half a file
+        self.done.append(result)
+        self.n_new += 1
+
+    def close(self) -> list[FoldResult]:
+        """All results in plan order; result files of folds no longer planned are removed
+        (aggregate would read them)."""
+        order = {(pr, r, f): i for i, (pr, r, f, _) in enumerate(self.folds)}
+        self.done.sort(key=lambda r: order[(r.protocol, r.run, r.fold)])
+        remove_stale(self.results_dir, self.done)
+        return self.done

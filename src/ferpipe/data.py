@@ -35,12 +35,3 @@ def load_images_uint8(manifest: pd.DataFrame, root: Path, size: int) -> torch.Te
                 im = im.resize((size, size), Image.BICUBIC)
             out[i] = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
     return out
-
-
-def check_plan_matches(plan: pd.DataFrame, manifest: pd.DataFrame) -> dict[str, int]:
-    index_of = {p: i for i, p in enumerate(manifest["path"])}
-    unknown = sorted(set(plan["image"]) - set(index_of))
-    if unknown:
-        raise ValueError(f"split plan names {len(unknown)} image(s) not in the manifest, e.g. {unknown[:3]}: "
-                         "rerun the split stage")  # fmt: skip
-    return index_of

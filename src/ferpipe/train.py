@@ -151,8 +151,7 @@ def run_training(manifest_path: Path, plan_path: Path, weights: Path, out: Path,
     device, dtype = resolve_runtime(p)
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
     manifest = data.read_manifest(manifest_path)
-    plan = cv.select_folds(cv.read_plan(plan_path), p.max_runs, p.max_folds)
-    index_of = data.check_plan_matches(plan, manifest)
+    folds, _ = cv.plan_folds(plan_path, manifest, p.max_runs, p.max_folds)
     run_classes = classes.read(manifest_path)
     y = data.labels_of(manifest, run_classes)
     if not weights.exists():
@@ -183,11 +182,10 @@ def run_training(manifest_path: Path, plan_path: Path, weights: Path, out: Path,
     else:
         ctx.images, ctx.pretrained = images, pretrained
 
-    folds = list(cv.fold_indices(plan, index_of))
-    done, pending = cv.split_finished(ctx.results_dir, folds, lambda *_: ctx.chash)
-    todo = [FoldTask(*f) for f in pending]
-    if done:
-        log.info("train: resuming, %d fold(s) already finished, %d to go", len(done), len(todo))
+    fr = cv.FoldRun.open(ctx.results_dir, folds, lambda *_: ctx.chash)
+    todo = [FoldTask(*f) for f in fr.todo]
+    if fr.done:
+        log.info("train: resuming, %d fold(s) already finished, %d to go", len(fr.done), len(todo))
     if ctx.feats is not None:  # the largest training set of the plan (all views) fixes the head padding
         ctx.pad_rows = ctx.feats.shape[0] * max((len(r["train"]) for *_, r in folds), default=1)
     t0 = time.time()
@@ -195,10 +193,11 @@ def run_training(manifest_path: Path, plan_path: Path, weights: Path, out: Path,
         new = runners.run_processes(ctx, todo, compute_fold, p.workers, prepare=to_device, deadline=deadline)
     else:
         new = (runner or run_sequential)(ctx, todo) if todo else []
-    new = [r for r in new if r is not None]
+    for r in new:
+        if r is not None:  # None: not started before the deadline
+            fr.keep(r, save=False)  # each fold was saved by the process that computed it
     timings["folds_s"] = time.time() - t0
-    done = sorted(done + list(new), key=lambda r: (r.protocol, r.run, r.fold))
-    cv.remove_stale(ctx.results_dir, done)  # an older plan's folds would be read by aggregate
+    done = fr.close()
 
     mlflow_s = 0.0
     parent = None
@@ -219,12 +218,12 @@ def run_training(manifest_path: Path, plan_path: Path, weights: Path, out: Path,
                                for proto in sorted({r.protocol for r in done})},
     }  # fmt: skip
     record = {
-        "stage": "train", "method": p.method, "n_computed": len(new), "n_resumed": len(done) - len(new),
-        "n_folds_planned": len(done) - len(new) + len(todo), "n_skipped_by_deadline": len(todo) - len(new),
+        "stage": "train", "method": p.method, "n_computed": fr.n_new, "n_resumed": len(done) - fr.n_new,
+        "n_folds_planned": len(done) - fr.n_new + len(todo), "n_skipped_by_deadline": len(todo) - fr.n_new,
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "mlflow_share_of_train": round(mlflow_s / max(timings["total_s"] - mlflow_s, 1e-9), 4),
         "mlflow_parent_run_id": parent,
-        "fold_seconds": {f"{r.protocol}/run{r.run:02d}_fold{r.fold:02d}": r.seconds for r in new},
+        "fold_seconds": {f"{r.protocol}/run{r.run:02d}_fold{r.fold:02d}": r.seconds for r in new if r is not None},
     }  # fmt: skip
     write_json(out / "train_summary.json", summary)
     write_json(out / "resolved_config.json", cfg)  # the resolved config next to the results
@@ -232,7 +231,6 @@ def run_training(manifest_path: Path, plan_path: Path, weights: Path, out: Path,
     if parent:
         write_json(out / "mlflow.json", {"parent_run_id": parent, "tracking_uri": tracking.tracking_uri()})
     return {**summary, "run": record}
-    return summary
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,7 @@ import numpy as np
 
 from .. import classes, config, cv, data
 from ..config import ParamsError, load_section, register_section
-from ..foldio import FoldResult, config_hash, save_fold
+from ..foldio import FoldResult, config_hash
 from ..io import sha256_file, write_json, write_run_record
 from . import METHODS, REGISTRY, features
 from .base import FoldContext
@@ -114,14 +114,9 @@ def run_baselines(manifest_path: Path, plan_path: Path, out: Path, p) -> dict:
     t_start = time.perf_counter()
     manifest = data.read_manifest(manifest_path)
     run_classes = classes.read(manifest_path)  # the run's class list; unknown labels are a named error below
-    full_plan = cv.read_plan(plan_path)
-    plan = cv.select_folds(full_plan, p.max_runs, p.max_folds)
-    if plan.empty:
-        raise ValueError(f"{plan_path}: no folds selected (max_runs={p.max_runs}, max_folds={p.max_folds})")
-    index_of = data.check_plan_matches(plan, manifest)
+    folds, full_plan = cv.plan_folds(plan_path, manifest, p.max_runs, p.max_folds)
     paths = manifest["path"].to_numpy()
     y = classes.label_ids(manifest["label"], run_classes, str(manifest_path))
-    folds = list(cv.fold_indices(plan, index_of))
     pad_rows = _pad_rows(full_plan)
     manifest_sha = sha256_file(manifest_path)
     versions = {"numpy": np.__version__, "pywt": __import__("pywt").__version__, "torch": torch.__version__}
@@ -143,7 +138,8 @@ def run_baselines(manifest_path: Path, plan_path: Path, out: Path, p) -> dict:
                 results_dir = out / method
                 chash = {(pr, r, f): config_hash({"method_config": mhash, "fold_images": roles_digest(roles, paths)})
                          for pr, r, f, roles in folds}  # fmt: skip
-                done, todo = cv.split_finished(results_dir, folds, lambda pr, r, f, _, c=chash: c[(pr, r, f)])
+                fr = cv.FoldRun.open(results_dir, folds, lambda pr, r, f, _, c=chash: c[(pr, r, f)])
+                todo = fr.todo
                 t_method, feat_s, fold_s = time.perf_counter(), 0.0, {}
                 if todo:
                     if mp.image_size not in images:
@@ -165,17 +161,14 @@ def run_baselines(manifest_path: Path, plan_path: Path, out: Path, p) -> dict:
                                          images=paths[te].tolist(), y_true=y[te].tolist(), y_pred=prob.argmax(1).tolist(),
                                          probabilities=np.round(prob, 6).tolist(), extra=info, classes=run_classes,
                                          seconds=round(dt, 4))  # fmt: skip
-                        save_fold(results_dir, res)  # at once: a killed run keeps every finished fold
-                        done.append(res)
+                        fr.keep(res)  # saved at once: a killed run keeps every finished fold
                         fold_s[protocol] = fold_s.get(protocol, 0.0) + dt
                         bar.update()
                         if bar.disable and (n_done % step == 0 or n_done == len(todo)):
                             log.info("baselines: %s %d/%d folds (%.0f s)", method, n_done, len(todo),
                                      time.perf_counter() - t_method)  # fmt: skip
                     bar.close()
-                plan_order = {(pr, r, f): i for i, (pr, r, f, _) in enumerate(folds)}
-                done.sort(key=lambda r: plan_order[(r.protocol, r.run, r.fold)])
-                cv.remove_stale(results_dir, done)  # an older plan's folds would be read by aggregate
+                done = fr.close()
                 protos = {}
                 for proto in dict.fromkeys(r.protocol for r in done):
                     rs = [r for r in done if r.protocol == proto]
