@@ -106,84 +106,98 @@ def _pad_rows(plan) -> int:
     return int(plan[plan["role"] == "train"].groupby(["protocol", "run", "fold"]).size().max())
 
 
+@dataclasses.dataclass
+class RunInputs:
+    """What every method of one stage run shares."""
+
+    manifest_path: Path
+    paths: np.ndarray  # image paths, manifest order
+    y: np.ndarray  # class ids, manifest order
+    classes: tuple[str, ...]
+    folds: list  # (protocol, run, fold, roles), plan order
+    pad_rows: int
+    base_config: dict  # manifest hash, library versions, result format (+ classes)
+    images: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)  # decoded lazily, per size
+    load_s: float = 0.0
+
+
+def run_method(method: str, run: RunInputs, out: Path, p) -> tuple[dict, dict]:
+    """One registered method over the folds: resume, compute the rest, summarise.
+    -> (its entry of baselines_summary.json, its entry of the run record)."""
+    from tqdm import tqdm
+
+    mod, mp = REGISTRY[method], getattr(p, method)
+    mcfg = {**p.method_config(method), **run.base_config}
+    mhash = config_hash(mcfg)
+    chash = {(pr, r, f): config_hash({"method_config": mhash, "fold_images": roles_digest(roles, run.paths)})
+             for pr, r, f, roles in run.folds}  # fmt: skip
+    fr = cv.FoldRun.open(out / method, run.folds, lambda pr, r, f, _: chash[(pr, r, f)])
+    todo = fr.todo
+    t_method, feat_s, fit_s = time.perf_counter(), 0.0, {}
+    if todo:
+        if mp.image_size not in run.images:
+            t0 = time.perf_counter()
+            run.images[mp.image_size] = features.load_gray(list(run.paths), run.manifest_path.parent, mp.image_size)
+            run.load_s += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        feats = mod.features_of(run.images[mp.image_size], mp)
+        feat_s = time.perf_counter() - t0
+        ctx = FoldContext(len(run.classes), run.pad_rows, p.chunk,
+                          [cv.method_fold_seed(p.seed, method, pr, r, f) for pr, r, f, _ in todo])  # fmt: skip
+        bar = tqdm(total=len(todo), desc=f"baselines: {method}", unit="fold", disable=None, mininterval=5)
+        step = max(1, len(todo) // 10)  # a log line per ~10 % where tqdm is off (dvc repro, CI)
+        for n_done, (i, prob, info, dt) in enumerate(mod.fit_folds(feats, run.y, todo, mp, ctx), start=1):
+            protocol, run_no, fold, roles = todo[i]
+            info["method_config_hash"] = mhash  # chash also covers the fold's images (resume safety)
+            te = roles["test"]  # kept = saved at once: a killed run keeps every finished fold
+            fr.keep(FoldResult(method, protocol, run_no, fold, chash[(protocol, run_no, fold)],
+                               images=run.paths[te].tolist(), y_true=run.y[te].tolist(), y_pred=prob.argmax(1).tolist(),
+                               probabilities=np.round(prob, 6).tolist(), extra=info, classes=run.classes,
+                               seconds=round(dt, 4)))  # fmt: skip
+            fit_s[protocol] = fit_s.get(protocol, 0.0) + dt
+            bar.update()
+            if bar.disable and (n_done % step == 0 or n_done == len(todo)):
+                log.info("baselines: %s %d/%d folds (%.0f s)", method, n_done, len(todo), time.perf_counter() - t_method)
+        bar.close()
+    done = fr.close()
+    protos = {}
+    for proto in dict.fromkeys(r.protocol for r in done):
+        rs = [r for r in done if r.protocol == proto]
+        protos[proto] = {"n_folds": len(rs), "oa_fold_mean": round(100 * float(np.mean([r.accuracy for r in rs])), 3),
+                         **_run_stats(rs)}  # fmt: skip
+    entry = {"description": mod.describe(mp), "config_hash": mhash, "config": mcfg, "protocols": protos}
+    record = {"n_computed": len(todo), "n_resumed": len(done) - len(todo), "features_s": round(feat_s, 3),
+              "fit_s": {proto: round(v, 2) for proto, v in fit_s.items()},
+              "wall_s": round(time.perf_counter() - t_method, 2)}  # fmt: skip
+    return entry, record
+
+
 def run_baselines(manifest_path: Path, plan_path: Path, out: Path, p) -> dict:
     import torch
     from threadpoolctl import threadpool_limits
-    from tqdm import tqdm
 
     t_start = time.perf_counter()
     manifest = data.read_manifest(manifest_path)
     run_classes = classes.read(manifest_path)  # the run's class list; unknown labels are a named error below
     folds, full_plan = cv.plan_folds(plan_path, manifest, p.max_runs, p.max_folds)
-    paths = manifest["path"].to_numpy()
-    y = classes.label_ids(manifest["label"], run_classes, str(manifest_path))
-    pad_rows = _pad_rows(full_plan)
-    manifest_sha = sha256_file(manifest_path)
-    versions = {"numpy": np.__version__, "pywt": __import__("pywt").__version__, "torch": torch.__version__}
-
-    images: dict[int, np.ndarray] = {}  # decoded lazily per size: a fully resumed run never reads them
+    # result_format 3: nested per-method params, batched optimisers
+    base = {"manifest_sha256": sha256_file(manifest_path), "numpy": np.__version__,
+            "pywt": __import__("pywt").__version__, "torch": torch.__version__, "result_format": 3,
+            **({} if classes.matches_paper(run_classes) else {"classes": list(run_classes)})}  # fmt: skip
+    run = RunInputs(manifest_path, manifest["path"].to_numpy(),
+                    classes.label_ids(manifest["label"], run_classes, str(manifest_path)), run_classes, folds,
+                    _pad_rows(full_plan), base)  # fmt: skip
     summary: dict = {"methods": {}, "n_folds_per_method": len(folds), "threads": p.threads}
     record: dict = {"stage": "baselines", "methods": {}}  # run facts: wall times, counts (run.json)
-    load_s = 0.0
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(p.threads)
     try:
         with threadpool_limits(limits=p.threads):
             for method in p.methods:
-                mod, mp = REGISTRY[method], getattr(p, method)
-                # result_format 3: nested per-method params, batched optimisers
-                mcfg = {**p.method_config(method), "manifest_sha256": manifest_sha, **versions, "result_format": 3,
-                        **({} if classes.matches_paper(run_classes) else {"classes": list(run_classes)})}  # fmt: skip
-                mhash = config_hash(mcfg)
-                results_dir = out / method
-                chash = {(pr, r, f): config_hash({"method_config": mhash, "fold_images": roles_digest(roles, paths)})
-                         for pr, r, f, roles in folds}  # fmt: skip
-                fr = cv.FoldRun.open(results_dir, folds, lambda pr, r, f, _, c=chash: c[(pr, r, f)])
-                todo = fr.todo
-                t_method, feat_s, fold_s = time.perf_counter(), 0.0, {}
-                if todo:
-                    if mp.image_size not in images:
-                        t0 = time.perf_counter()
-                        images[mp.image_size] = features.load_gray(list(paths), manifest_path.parent, mp.image_size)
-                        load_s += time.perf_counter() - t0
-                    t0 = time.perf_counter()
-                    feats = mod.features_of(images[mp.image_size], mp)
-                    feat_s = time.perf_counter() - t0
-                    ctx = FoldContext(len(run_classes), pad_rows, p.chunk,
-                                      [cv.method_fold_seed(p.seed, method, pr, r, f) for pr, r, f, _ in todo])  # fmt: skip
-                    bar = tqdm(total=len(todo), desc=f"baselines: {method}", unit="fold", disable=None, mininterval=5)
-                    step = max(1, len(todo) // 10)  # a log line per ~10 % where tqdm is off (dvc repro, CI)
-                    for n_done, (i, prob, info, dt) in enumerate(mod.fit_folds(feats, y, todo, mp, ctx), start=1):
-                        protocol, run, fold, roles = todo[i]
-                        info["method_config_hash"] = mhash  # chash also covers the fold's images (resume safety)
-                        te = roles["test"]
-                        res = FoldResult(method, protocol, run, fold, chash[(protocol, run, fold)],
-                                         images=paths[te].tolist(), y_true=y[te].tolist(), y_pred=prob.argmax(1).tolist(),
-                                         probabilities=np.round(prob, 6).tolist(), extra=info, classes=run_classes,
-                                         seconds=round(dt, 4))  # fmt: skip
-                        fr.keep(res)  # saved at once: a killed run keeps every finished fold
-                        fold_s[protocol] = fold_s.get(protocol, 0.0) + dt
-                        bar.update()
-                        if bar.disable and (n_done % step == 0 or n_done == len(todo)):
-                            log.info("baselines: %s %d/%d folds (%.0f s)", method, n_done, len(todo),
-                                     time.perf_counter() - t_method)  # fmt: skip
-                    bar.close()
-                done = fr.close()
-                protos = {}
-                for proto in dict.fromkeys(r.protocol for r in done):
-                    rs = [r for r in done if r.protocol == proto]
-                    protos[proto] = {"n_folds": len(rs), "oa_fold_mean": round(100 * float(np.mean([r.accuracy for r in rs])), 3),
-                                     **_run_stats(rs)}  # fmt: skip
-                summary["methods"][method] = {"description": mod.describe(mp), "config_hash": mhash, "config": mcfg,
-                                              "protocols": protos}  # fmt: skip
-                record["methods"][method] = {
-                    "n_computed": len(todo), "n_resumed": len(done) - len(todo), "features_s": round(feat_s, 3),
-                    "fit_s": {proto: round(v, 2) for proto, v in fold_s.items()},
-                    "wall_s": round(time.perf_counter() - t_method, 2),
-                }  # fmt: skip
+                summary["methods"][method], record["methods"][method] = run_method(method, run, out, p)
     finally:
         torch.set_num_threads(torch_threads)
-    record["load_images_s"] = round(load_s, 3)
+    record["load_images_s"] = round(run.load_s, 3)
     record["total_s"] = round(time.perf_counter() - t_start, 2)
     write_json(out / "baselines_summary.json", summary)
     write_run_record(out, record)
