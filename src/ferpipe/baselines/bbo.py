@@ -82,14 +82,8 @@ def features_of(images: np.ndarray, p: Params) -> np.ndarray:
     return features.swe_features(images, p.wavelet, p.levels, p.entropy, p.bins, p.grid)
 
 
-def _prepare(feats, y, roles) -> swarm_slfn.PreparedFold:
-    tr, va, te = roles["train"], roles["val"], roles["test"]
-    stats = features.fit_standardizer(feats[tr])
-    xtr, xva, xte = (features.standardize(feats[i], stats) for i in (tr, va, te))
-    return swarm_slfn.PreparedFold(xtr, y[tr], xva, y[va], xte, {})
-
-
 def fit_folds(feats, y, folds, p: Params, ctx: FoldContext) -> Iterator[tuple[int, np.ndarray, dict, float]]:
-    prepared = [_prepare(feats, y, roles) for _, _, _, roles in folds]
+    prepared = [swarm_slfn.standardized_fold(feats[r["train"]], feats[r["val"]], feats[r["test"]], y, r)
+                for _, _, _, r in folds]  # fmt: skip
     yield from swarm_slfn.fit_folds(prepared, ctx.seeds, p, "bbo", optimizer_kwargs(p), n_classes=ctx.n_classes,
                                     chunk=ctx.chunk)  # fmt: skip

@@ -85,13 +85,12 @@ def features_of(images: np.ndarray, p: Params) -> np.ndarray:
 
 
 def _prepare(feats, y, roles, p: Params) -> swarm_slfn.PreparedFold:
+    """PCA fit on the fold's train rows, then standardised."""
     tr, va, te = roles["train"], roles["val"], roles["test"]
     pca = features.fit_pca(feats[tr].astype(np.float64), variance=p.pca_variance, max_components=p.pca_max_components)
-    xtr, xva, xte = (features.apply_pca(feats[i].astype(np.float64), pca) for i in (tr, va, te))
-    stats = features.fit_standardizer(xtr)
-    xtr, xva, xte = (features.standardize(x, stats) for x in (xtr, xva, xte))
     notes = {"pca_components": int(pca[1].shape[0]), "pca_explained": round(pca[2], 4)}
-    return swarm_slfn.PreparedFold(xtr, y[tr], xva, y[va], xte, notes)
+    return swarm_slfn.standardized_fold(*(features.apply_pca(feats[i].astype(np.float64), pca) for i in (tr, va, te)),
+                                        y, roles, notes)  # fmt: skip
 
 
 def fit_folds(feats, y, folds, p: Params, ctx: FoldContext) -> Iterator[tuple[int, np.ndarray, dict, float]]:

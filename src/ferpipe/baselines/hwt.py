@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from .. import heads
-from ..config import ParamsError
+from ..config import bad_value
 from . import features
 from .base import FoldContext
 
@@ -30,11 +30,9 @@ class Params:
     def check(self, section: str = f"baselines.{NAME}") -> None:
         features.check_params_size(section, self.image_size, self.levels)
         if not 0 <= self.detail_levels <= self.levels:
-            raise ParamsError(f"params.yaml: {section}.detail_levels: expected 0..levels ({self.levels}), "
-                              f"got {self.detail_levels!r}")  # fmt: skip
+            bad_value(section, self, "detail_levels", f"expected 0..levels ({self.levels})")
         if not self.c_grid or any(c <= 0 for c in self.c_grid):
-            raise ParamsError(f"params.yaml: {section}.c_grid: expected a non-empty list of positive numbers, "
-                              f"got {self.c_grid!r}")  # fmt: skip
+            bad_value(section, self, "c_grid", "expected a non-empty list of positive numbers")
 
 
 def describe(p: Params) -> str:

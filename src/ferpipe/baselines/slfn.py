@@ -12,10 +12,9 @@ one-hot targets summed over classes (``fitness='mse'``); the small error-rate te
 ties between networks of equal loss in favour of the one that classifies more training
 rows correctly (a tie with the true class counts as correct).
 
-Folds differ in their number of training rows and (after PCA) of features: both are
-zero-padded to sizes fixed for the whole stage (``n_pad``, ``d_pad``), padded rows carry
-weight 0 and padded feature columns are 0, so they change neither the fitness nor, since
-the sizes do not depend on the batch, a single bit of a fold's result.
+Folds in one batch have the same number of features (the caller groups them so) and their
+training rows are zero-padded to a common ``n_pad``; padded rows carry weight 0, so they do
+not change the fitness.
 """
 
 from __future__ import annotations
@@ -44,14 +43,11 @@ def unpack(pop, d: int, h: int, c: int):
     return w1.reshape(*lead, h, d), b1, w2.reshape(*lead, c, h), b2
 
 
-def bounds(d: int, h: int, c: int, bound: float = 3.0, fan_in: int | None = None) -> np.ndarray:
+def bounds(d: int, h: int, c: int, bound: float = 3.0) -> np.ndarray:
     """Upper corner of the search box (the lower one is its negative): each layer's
-    weights and biases in ``±bound / sqrt(fan_in)``; ``fan_in`` of the first layer is the
-    fold's real input count (default ``d``; padded columns get the same bound, unused).
-    With standardised inputs a uniform draw gives pre-activations of standard deviation
-    about ``bound / sqrt(3)``, whatever the layer width."""
-    first = bound / np.sqrt(fan_in or d)
-    return np.concatenate([np.full(h * d + h, first), np.full(c * h + c, bound / np.sqrt(h))])
+    weights and biases in ``±bound / sqrt(fan_in)``. With standardised inputs a uniform draw
+    gives pre-activations of standard deviation about ``bound / sqrt(3)``, whatever the width."""
+    return np.concatenate([np.full(h * d + h, bound / np.sqrt(d)), np.full(c * h + c, bound / np.sqrt(h))])
 
 
 def _act(z, activation: str):
@@ -89,7 +85,6 @@ class FoldBatch:
         f = len(xs)
         self.h, self.c, self.d_pad = h, n_classes, d_pad
         self.activation, self.fitness, self.error_weight = activation, fitness, error_weight
-        self.dim = n_params(d_pad, h, n_classes)
         xt = np.zeros((f, d_pad, n_pad), dtype=np.float32)
         onehot = np.zeros((f, n_classes, n_pad), dtype=np.float32)
         weight = np.zeros((f, n_pad), dtype=np.float32)

@@ -18,7 +18,7 @@ import torch
 
 from ..config import bad_value
 from ..metrics import UNDERFIT_BELOW, accuracy_and_log_loss
-from . import slfn, swarm
+from . import features, slfn, swarm
 
 
 @dataclasses.dataclass
@@ -80,8 +80,12 @@ class PreparedFold:
     notes: dict
 
 
-def _pad(x: np.ndarray, d: int) -> np.ndarray:
-    return np.pad(x, ((0, 0), (0, d - x.shape[1]))) if x.shape[1] < d else x
+def standardized_fold(x_train: np.ndarray, x_val: np.ndarray, x_test: np.ndarray, y: np.ndarray,
+                      roles: dict[str, np.ndarray], notes: dict | None = None) -> PreparedFold:  # fmt: skip
+    """A fold's train / val / test rows, standardised with the train rows' statistics."""
+    stats = features.fit_standardizer(x_train)
+    return PreparedFold(features.standardize(x_train, stats), y[roles["train"]], features.standardize(x_val, stats),
+                        y[roles["val"]], features.standardize(x_test, stats), notes or {})  # fmt: skip
 
 
 def batches(prepared: Sequence[PreparedFold], chunk: int) -> list[list[int]]:
@@ -93,7 +97,8 @@ def batches(prepared: Sequence[PreparedFold], chunk: int) -> list[list[int]]:
     groups: dict[tuple[int, int], list[int]] = {}
     for i, f in enumerate(prepared):
         groups.setdefault(_shape(f), []).append(i)
-    return [idx[k : k + max(1, chunk)] for _, idx in sorted(groups.items()) for k in range(0, len(idx), max(1, chunk))]
+    size = max(1, chunk)
+    return [idx[k : k + size] for _, idx in sorted(groups.items()) for k in range(0, len(idx), size)]
 
 
 def _shape(f: PreparedFold) -> tuple[int, int]:
