@@ -9,7 +9,7 @@ export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 export MPLBACKEND := Agg
 
-.PHONY: install run test lint unit gpu-check readme pipeline gate reproduce serve mlflow-ui
+.PHONY: install run test lint unit cpu-evidence gpu-check readme pipeline gate reproduce serve mlflow-ui
 
 install:  ## create/update .venv from requirements.lock (uv, local wheels when present)
 	bash scripts/setup_env.sh
@@ -28,6 +28,9 @@ unit: install  ## fast tests only (no real data, no model)
 
 test: install lint  ## lint + the whole test suite (unit + integration on ../shared)
 	python -m pytest -q
+
+cpu-evidence: install  ## the paper's method on this CPU: fine-tune at 112 px, 1 run x 10 folds x 2 protocols, McNemar vs frozen/baselines (~30 min)
+	bash scripts/cpu_evidence.sh
 
 gpu-check: install  ## the paper's fine-tuning protocol on a GPU, timed (scripts/gpu_check.sh; needs the split + weights outputs)
 	dvc repro split weights

@@ -20,6 +20,7 @@ COMMANDS = {
     "weights": "ferpipe.weights", "train": "ferpipe.train", "baselines": "ferpipe.baselines.stage",
     "aggregate": "ferpipe.aggregate", "compare": "ferpipe.compare", "final-model": "ferpipe.final_model",
     "report": "ferpipe.report", "predict": "ferpipe.predict", "readme": "ferpipe.readme",
+    "evidence": "ferpipe.evidence",
 }  # fmt: skip
 
 

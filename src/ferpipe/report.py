@@ -202,6 +202,7 @@ class Inputs:
     data_dvc: Path = Path("data.dvc")
     mlflow_record: Path = config.TRAIN_DIR / "mlflow.json"
     baselines_summary: Path = config.BASELINES_DIR / "baselines_summary.json"
+    finetune_evidence: Path = config.METRICS_DIR / "cpu_finetune.json"
 
 
 def read_json(path: Path) -> dict | None:
@@ -486,6 +487,28 @@ def baselines_section(agg: dict, summary: dict | None) -> list:
             Table(["method", "what ran", "training accuracy (resubstitution)"], rows, "Baselines: settings and fit")]
 
 
+def finetune_evidence_section(ev: dict | None) -> list:
+    """The committed fine-tuning evidence (ferpipe.evidence): its OA and same-fold McNemar tests."""
+    if not ev or "comparisons" not in ev:
+        return []
+    prov = ev.get("provenance", {})
+    cfg = prov.get("train_config", {})
+    rows = []
+    for proto, tests in ev["comparisons"].items():
+        for other, t in tests.items():
+            rows.append([proto, other, f"{t['oa_finetune']:.2f}", f"{t['oa_other']:.2f}", t["only_a_right"],
+                         t["only_b_right"], f"{t['mcnemar_exact_p']:.2g}", t["verdict"]])  # fmt: skip
+    return [Heading(2, "The paper's method: fine-tuned ResNet-50 (committed CPU evidence)", "finetune"),
+            Para(f"From `metrics/cpu_finetune.json` (`make cpu-evidence`): fine-tuned at {cfg.get('image_size')} px, "
+                 f"{cfg.get('epochs')} epochs, 1 run x 10 folds per protocol: a reduced size of the paper's 224 px "
+                 f"and 10 runs, sized for a CPU. Commit `{prov.get('git_commit')}`, CPU {prov.get('cpu')}, "
+                 f"fine-tuning wall time {prov.get('train_wall_s_last_invocation')} s. Each comparison pairs the "
+                 "same images of the same run and folds; McNemar's exact test on the images only one method got "
+                 "right (each image is tested once in a run, so the pairs are independent)."),
+            Table(["protocol", "vs", "fine-tuned OA (%)", "its OA (%)", "only fine-tuned right", "only it right",
+                   "McNemar exact p", "verdict"], rows, "Fine-tuned ResNet-50 vs the others, same folds")]  # fmt: skip
+
+
 def figures_section(agg: dict, resnet: dict, agg_dir: Path, figures: list) -> list:
     blocks: list = [Heading(2, "Figures", "figures")]
     if resnet:
@@ -598,6 +621,7 @@ def build(inp: Inputs) -> tuple[list, list[Figure], dict]:
         blocks += table1_section(resnet)
     blocks += table3_section(agg, compare, inp.compare, figures)
     blocks += baselines_section(agg, read_json(inp.baselines_summary))
+    blocks += finetune_evidence_section(read_json(inp.finetune_evidence))
     blocks += figures_section(agg, resnet, inp.aggregate, figures)
     blocks += final_model_section(inp.final_model)
     blocks += metadata_section(inp, train, raw_params, parent)
@@ -645,12 +669,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="where the train stage recorded the MLflow parent run (the report is logged there)")
     ap.add_argument("--baselines-summary", type=Path, default=d.baselines_summary,
                     help="baselines_summary.json from the baselines stage (optional: what each baseline ran)")  # fmt: skip
+    ap.add_argument("--finetune-evidence", type=Path, default=d.finetune_evidence,
+                    help="committed fine-tuning evidence from ferpipe.evidence (optional)")
     ap.add_argument("--no-mlflow", action="store_true", help="do not log the report to the MLflow parent run")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     inp = Inputs(args.ingest_report, args.validation, args.split_summary, args.aggregate, args.compare,
                  args.train_summary, args.final_model, list(args.params), args.data_dvc, args.mlflow_record,
-                 args.baselines_summary)  # fmt: skip
+                 args.baselines_summary, args.finetune_evidence)  # fmt: skip
     try:
         info = write_report(inp, args.out)
     except (FileNotFoundError, config.ParamsError, tracking.ParentRunError) as exc:
