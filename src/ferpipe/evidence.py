@@ -83,6 +83,18 @@ def compare_runs(ft: list[FoldResult], other: list[FoldResult], name: str, proto
             "difference": float(diff), **test, "verdict": verdict}  # fmt: skip
 
 
+COMPARISON_COLUMNS = ["protocol", "vs", "fine-tuned OA (%)", "its OA (%)", "only fine-tuned right", "only it right",
+                      "McNemar exact p", "verdict"]  # fmt: skip
+
+
+def comparison_rows(ev: dict) -> list[list]:
+    """One row per (protocol, other method) of an evidence file, in COMPARISON_COLUMNS order
+    (what the README block and the report both show)."""
+    return [[proto, other, f"{t['oa_finetune']:.2f}", f"{t['oa_other']:.2f}", t["only_a_right"], t["only_b_right"],
+             f"{t['mcnemar_exact_p']:.2g}", t["verdict"]]
+            for proto, tests in ev.get("comparisons", {}).items() for other, t in tests.items()]  # fmt: skip
+
+
 def summarize_method(folds: list[FoldResult], classes: tuple[str, ...]) -> dict:
     by_run: dict[int, list[np.ndarray]] = {}
     for r in folds:
@@ -151,8 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"evidence: error: {exc}", file=sys.stderr)
         return 2
     write_json(args.out, result)
+    method = next(k for k in result if k not in ("comparisons", "provenance"))
     for protocol, tests in result["comparisons"].items():
-        ft = next(v[protocol] for k, v in result.items() if k.startswith("resnet50") and protocol in v)
+        ft = result[method][protocol]
         print(f"{protocol}: fine-tuned OA {ft['oa_mean']:.2f} % ({ft['n_runs']} run, {ft['n_folds']} folds)")
         for name, t in tests.items():
             print(f"  vs {name}: {t['oa_other']:.2f} %, only fine-tuned right {t['only_a_right']}, only {name} "

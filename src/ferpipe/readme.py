@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from .config import CLASSES, METRICS_DIR
+from .evidence import COMPARISON_COLUMNS, comparison_rows
 from .io import write_text
 from .metrics import pm
 
@@ -30,12 +31,8 @@ def evidence_lines(m: dict) -> list[str]:
     """The same-fold McNemar comparisons and provenance of an evidence file (ferpipe.evidence)."""
     if "comparisons" not in m:
         return []
-    lines = ["| protocol | vs | its OA (%) | fine-tuned OA (%) | only fine-tuned right | only it right | "
-             "McNemar exact p |", "|---|---|---|---|---|---|---|"]  # fmt: skip
-    for proto, tests in m["comparisons"].items():
-        for other, t in tests.items():
-            lines.append(f"| {proto} | {other} | {t['oa_other']:.2f} | {t['oa_finetune']:.2f} | {t['only_a_right']} | "
-                         f"{t['only_b_right']} | {t['mcnemar_exact_p']:.2g} |")  # fmt: skip
+    lines = ["| " + " | ".join(COMPARISON_COLUMNS) + " |", "|---" * len(COMPARISON_COLUMNS) + "|"]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in comparison_rows(m)]
     prov = m.get("provenance", {})
     runs = sorted({t["run"] for tests in m["comparisons"].values() for t in tests.values()})
     lines += ["", f"Paired on the same folds of run {', '.join(map(str, runs))}: every image tested once. "

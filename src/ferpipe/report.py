@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import classes, config, paper, tracking
+from . import classes, config, evidence, paper, tracking
 from .config import CLASSES
 from .io import atomic_dir, read_run_record, write_bytes, write_json, write_text
 from .metrics import UNDERFIT_BELOW, pm
@@ -493,11 +493,6 @@ def finetune_evidence_section(ev: dict | None) -> list:
         return []
     prov = ev.get("provenance", {})
     cfg = prov.get("train_config", {})
-    rows = []
-    for proto, tests in ev["comparisons"].items():
-        for other, t in tests.items():
-            rows.append([proto, other, f"{t['oa_finetune']:.2f}", f"{t['oa_other']:.2f}", t["only_a_right"],
-                         t["only_b_right"], f"{t['mcnemar_exact_p']:.2g}", t["verdict"]])  # fmt: skip
     return [Heading(2, "The paper's method: fine-tuned ResNet-50 (committed CPU evidence)", "finetune"),
             Para(f"From `metrics/cpu_finetune.json` (`make cpu-evidence`): fine-tuned at {cfg.get('image_size')} px, "
                  f"{cfg.get('epochs')} epochs, 1 run x 10 folds per protocol: a reduced size of the paper's 224 px "
@@ -505,8 +500,7 @@ def finetune_evidence_section(ev: dict | None) -> list:
                  f"fine-tuning wall time {prov.get('train_wall_s_last_invocation')} s. Each comparison pairs the "
                  "same images of the same run and folds; McNemar's exact test on the images only one method got "
                  "right (each image is tested once in a run, so the pairs are independent)."),
-            Table(["protocol", "vs", "fine-tuned OA (%)", "its OA (%)", "only fine-tuned right", "only it right",
-                   "McNemar exact p", "verdict"], rows, "Fine-tuned ResNet-50 vs the others, same folds")]  # fmt: skip
+            Table(evidence.COMPARISON_COLUMNS, evidence.comparison_rows(ev), "Fine-tuned ResNet-50 vs the others, same folds")]  # fmt: skip
 
 
 def figures_section(agg: dict, resnet: dict, agg_dir: Path, figures: list) -> list:
