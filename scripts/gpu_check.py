@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ferpipe import config, metrics, train  # noqa: E402
-from ferpipe.foldio import load_results  # noqa: E402
+from ferpipe.foldio import group_by_run, load_results  # noqa: E402
 
 
 class GpuSampler(threading.Thread):
@@ -125,10 +125,7 @@ def main(argv=None) -> int:
     # the aggregate stage's format ({method: {protocol: summary}}) plus provenance keys
     out = {p.method: {}, "config": summary["config"], "recipe_selection": chosen}
     for protocol in sorted({r.protocol for r in results}):
-        by_run: dict[int, list] = {}
-        for r in results:
-            if r.protocol == protocol:
-                by_run.setdefault(r.run, []).append(r)
+        by_run = group_by_run([r for r in results if r.protocol == protocol])
         complete = {run: rs for run, rs in by_run.items() if len(rs) == n_groups}
         if not complete:
             continue

@@ -60,3 +60,12 @@ def test_missing_results_name_the_folder(tmp_path, capsys):
     assert rc == 2
     assert "nope" in capsys.readouterr().err
     assert not (tmp_path / "m.json").exists()
+
+
+def test_an_interrupted_fine_tune_is_refused_not_summarised(tmp_path):
+    folds = [[f"img{f}_{i}.png" for i in range(10)] for f in range(3)]
+    ft = write_method(tmp_path, "resnet50_finetune", [[True] * 10] * 3, folds)
+    other = write_method(tmp_path, "hwt", [[True] * 10] * 3, folds)
+    (ft / "stratified" / "run01_fold02.json").unlink()  # killed before fold 2 finished
+    with pytest.raises(ValueError, match=r"resnet50_finetune/stratified: run 1 lacks fold\(s\) \[2\]"):
+        evidence.build(ft, [other], None)

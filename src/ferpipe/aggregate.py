@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from . import config, cv, tracking
-from .foldio import load_results
+from .foldio import check_complete, group_by_run, load_results
 from .io import write_json, write_text, write_with
 from .metrics import UNDERFIT_BELOW, pm, run_matrix, summarize
 
@@ -34,50 +34,8 @@ def collect(results_dirs: list[Path]) -> dict[tuple[str, str], dict[int, list]]:
                 folds = load_results(method_dir, proto_dir.name)
                 if not folds:
                     continue
-                by_run: dict[int, list] = {}
-                for f in folds:
-                    by_run.setdefault(f.run, []).append(f)
-                found[(method_dir.name, proto_dir.name)] = by_run
+                found[(method_dir.name, proto_dir.name)] = group_by_run(folds)
     return found
-
-
-
-
-def check_complete(method: str, protocol: str, by_run: dict[int, list]) -> None:
-    """Refuse, with a named error, results that are not whole runs of one configuration:
-    every run has folds 1..G (the same G), no image is tested twice within a run, every run
-    tests the same images, and every fold carries the same config hash."""
-    where = f"{method}/{protocol}"
-    class_lists = {f.classes for fs in by_run.values() for f in fs}
-    if len(class_lists) > 1:
-        raise ValueError(f"{where}: fold results with different class lists {sorted(class_lists)}: rerun the stage")
-    # a fold's config_hash may also cover its images (baselines: resume safety); the method's
-    # configuration is then in extra.method_config_hash
-    hashes = {f.extra.get("method_config_hash") or f.config_hash for fs in by_run.values() for f in fs}
-    if len(hashes) > 1:
-        raise ValueError(f"{where}: fold results from {len(hashes)} different configurations (config hashes "
-                         f"{sorted(hashes)[:3]}...); a stage was changed mid-run: rerun it")  # fmt: skip
-    n_groups = max(f.fold for fs in by_run.values() for f in fs)
-    tested: dict[int, set] = {}
-    for run, fs in sorted(by_run.items()):
-        missing = sorted(set(range(1, n_groups + 1)) - {f.fold for f in fs})
-        if missing:
-            raise ValueError(f"{where}: run {run} lacks fold(s) {missing} of {n_groups} "
-                             "(an interrupted or partial stage? rerun it)")  # fmt: skip
-        seen: set = set()
-        for f in sorted(fs, key=lambda f: f.fold):
-            twice = seen.intersection(f.images)
-            if twice:
-                raise ValueError(f"{where}: run {run} fold {f.fold} tests {len(twice)} image(s) that an "
-                                 f"earlier fold of the run already tested, e.g. {sorted(twice)[0]}")  # fmt: skip
-            seen.update(f.images)
-        tested[run] = seen
-    first = min(tested)
-    for run, seen in tested.items():
-        if seen != tested[first]:
-            diff = sorted(seen ^ tested[first])
-            raise ValueError(f"{where}: run {run} tests other images than run {first} ({len(diff)} differ, "
-                             f"e.g. {diff[0]}): the runs come from different split plans")  # fmt: skip
 
 
 def fold_statistics(by_run: dict[int, list]) -> dict:

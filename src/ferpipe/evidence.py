@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics, tracking
-from .foldio import FoldResult, load_results
+from .foldio import FoldResult, check_complete, group_by_run, load_results
 from .io import read_run_record, write_json
 
 ALPHA = 0.05
@@ -96,10 +96,11 @@ def comparison_rows(ev: dict) -> list[list]:
 
 
 def summarize_method(folds: list[FoldResult], classes: tuple[str, ...]) -> dict:
-    by_run: dict[int, list[np.ndarray]] = {}
-    for r in folds:
-        by_run.setdefault(r.run, []).append(r.confusion_matrix)
-    s = metrics.summarize({run: metrics.run_matrix(m) for run, m in by_run.items()}, classes)
+    """The paper's metrics of whole runs; partial runs (an interrupted fine-tune) are refused."""
+    by_run = group_by_run(folds)
+    check_complete(folds[0].method, folds[0].protocol, by_run)
+    s = metrics.summarize({run: metrics.run_matrix(f.confusion_matrix for f in fs) for run, fs in by_run.items()},
+                          classes)  # fmt: skip
     s["n_runs"] = len(s["runs"])
     s["n_folds"] = len(folds)
     return s

@@ -26,7 +26,7 @@ import numpy as np
 
 from .. import classes, config, cv, data
 from ..config import ParamsError, load_section, register_section
-from ..foldio import FoldResult, config_hash
+from ..foldio import FoldResult, config_hash, group_by_run
 from ..io import sha256_file, write_json, write_run_record
 from . import METHODS, REGISTRY, features
 from .base import FoldContext
@@ -86,9 +86,7 @@ def roles_digest(roles: dict[str, np.ndarray], paths: np.ndarray) -> str:
 
 
 def _run_stats(results: list[FoldResult]) -> dict:
-    by_run: dict[int, list[FoldResult]] = {}
-    for r in results:
-        by_run.setdefault(r.run, []).append(r)
+    by_run = group_by_run(results)
     # OA of a run = accuracy on all its test images (sum of the fold matrices), as aggregate does
     oa = [100 * np.mean(np.concatenate([np.asarray(f.y_true) == np.asarray(f.y_pred) for f in fs]))
           for _, fs in sorted(by_run.items())]  # fmt: skip
