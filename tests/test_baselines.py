@@ -207,7 +207,7 @@ def test_pca_keeps_the_components_for_the_variance_asked():
 
 
 def test_image_size_must_suit_the_levels():
-    with pytest.raises(features.FeatureError, match=r"multiple of 2\*\*4=16"):
+    with pytest.raises(features.FeatureError, match=r"bbo: image_size=40 must be divisible by 2\*\*levels=16"):
         features.swe_features(np.zeros((1, 40, 40)), levels=4)
 
 

@@ -30,31 +30,29 @@ class FeatureError(ValueError):
 
 
 # ---------------------------------------------------------------- images
-def check_size(size: int, levels: int, what: str) -> None:
-    """Wavelet levels halve the sides: ``size`` must be divisible by ``2**levels``."""
-    if levels < 1:
-        raise FeatureError(f"{what}: levels must be >= 1, got {levels}")
+def size_problem(size: int, levels: int) -> str | None:
+    """Why a ``size`` x ``size`` image cannot take a ``levels``-level decomposition, or None."""
     step = 2**levels
+    if levels < 1:
+        return f"levels: expected a positive integer, got {levels!r}"
     if size < step or size % step:
-        ok = [s for s in (32, 48, 64, 96, 128, 224) if s % step == 0 and s >= step]
-        raise FeatureError(
-            f"{what}: baselines.image_size={size} must be a positive multiple of 2**{levels}={step} "
-            f"for a {levels}-level wavelet decomposition (e.g. {', '.join(map(str, ok[:4]))})"
-        )
+        return (f"image_size={size} must be divisible by 2**levels={step} (a {levels}-level wavelet "
+                f"decomposition halves the side {levels} times); use e.g. {step * max(1, round(size / step))}")  # fmt: skip
+    return None
+
+
+def check_size(size: int, levels: int, what: str) -> None:
+    """Images handed to a feature extractor (a programming error when wrong)."""
+    if why := size_problem(size, levels):
+        raise FeatureError(f"{what}: {why}")
 
 
 def check_params_size(section: str, size: int, levels: int) -> None:
     """params.yaml check: ``{section}.image_size`` must suit a ``levels``-level decomposition."""
     from ..config import ParamsError
 
-    step = 2**levels
-    if levels < 1:
-        raise ParamsError(f"params.yaml: {section}.levels: expected a positive integer, got {levels!r}")
-    if size < step or size % step:
-        raise ParamsError(
-            f"params.yaml: {section}.image_size={size} must be divisible by 2**levels={step} (a {levels}-level "
-            f"wavelet decomposition halves the side {levels} times); use e.g. {step * max(1, round(size / step))}"
-        )
+    if why := size_problem(size, levels):
+        raise ParamsError(f"params.yaml: {section}.{why}")
 
 
 def check_wavelet_params(section: str, p) -> None:
