@@ -145,9 +145,9 @@ def aggregate(results_dirs: list[Path], out: Path, metrics_path: Path, make_plot
         if any(e is not None for e in edge):  # a hyper-parameter chosen at the end of its grid
             s["selected_at_grid_edge"] = {"n_folds": sum(bool(e) for e in edge), "of": len(edge)}
             if any(edge):
+                grid = "train.head_c_grid" if method.startswith("resnet50") else f"baselines.{method}.c_grid"
                 print(f"aggregate: warning: {method}/{protocol}: the validation group chose a value at the edge of "
-                      f"its grid in {sum(bool(e) for e in edge)}/{len(edge)} folds (train.head_c_grid)",
-                      file=sys.stderr)  # fmt: skip
+                      f"its grid in {sum(bool(e) for e in edge)}/{len(edge)} folds ({grid})", file=sys.stderr)  # fmt: skip
         d = out / method / protocol
         t1, t2 = table1(s), table2(s)
         write_text(d / "table1_sensitivity.csv", t1.to_csv(index=False, lineterminator="\n"))
