@@ -109,7 +109,8 @@ def test_finetune_mode_reuses_train_and_saves_logit_tta(ws, tmp_path):
     assert s["method"] == "resnet50_finetune" and s["selected"]["epochs_run"] == 1
     pred = serving.FerPredictor.load(tmp_path / "ft")
     assert pred.meta["flip_tta"] == "logit"
-    rows = pred.predict_bytes([(ws / "ing" / "images" / os.listdir(ws / "ing" / "images")[0]).read_bytes()])
+    rows = pred.predict_bytes([(ws / "ing" / "images" / os.listdir(ws / "ing" / "images")[0]).read_bytes()],
+                              face_check=False)  # generated images: no face to find
     assert rows[0]["label"] in CLASSES and abs(sum(rows[0][c] for c in CLASSES) - 1) < 1e-5
 
     # predict (from the image files) gives the fold code's probabilities (finetune.evaluate on
@@ -129,7 +130,8 @@ def test_finetune_mode_reuses_train_and_saves_logit_tta(ws, tmp_path):
     p = TrainParams(image_size=32, batch_size=4, precision="fp32")
     fold_probs, _ = finetune.evaluate(model, images, data.labels_of(manifest), idx, p, torch.device("cpu"), None, len(CLASSES))
     files = [str(ws / "ing" / manifest["path"][i]) for i in idx]
-    assert predict.main([*files, "--model", str(tmp_path / "ft"), "--csv", str(tmp_path / "p.csv"), "--quiet"]) == 0
+    assert predict.main([*files, "--model", str(tmp_path / "ft"), "--csv", str(tmp_path / "p.csv"), "--quiet",
+                         "--no-face-check"]) == 0  # fmt: skip
     served = pd.read_csv(tmp_path / "p.csv")[list(CLASSES)].to_numpy()
     assert np.abs(served - fold_probs).max() < 1e-4
     assert not np.allclose(fold_probs, 1 / len(CLASSES), atol=1e-3)  # a trained head, not a uniform output
@@ -153,10 +155,11 @@ def test_logged_registered_child_run_and_pyfunc(ws, store, monkeypatch, capsys):
 
     model = mlflow.pyfunc.load_model("models:/fer-test@champion")
     sig = model.metadata.signature
-    assert sig.inputs.input_names() == ["image"] and sig.params.params[0].name == "face_crop"
+    assert sig.inputs.input_names() == ["image"] and [p.name for p in sig.params.params] == ["face_crop", "face_check"]
     img = (ws / "ing" / "images").iterdir().__next__().read_bytes()
-    out = model.predict(pd.DataFrame({"image": [base64.b64encode(img).decode(), "bm90IGFuIGltYWdl"]}),
-                        params={"face_crop": "haar"})  # fmt: skip
+    frame = pd.DataFrame({"image": [base64.b64encode(img).decode(), "bm90IGFuIGltYWdl"]})
+    assert model.predict(frame)["error"][0] == serving.NO_FACE  # the face check, on by default
+    out = model.predict(frame, params={"face_crop": "haar", "face_check": False})
     assert list(out.columns) == serving.OUTPUT_COLUMNS
     assert out["label"][0] in CLASSES and abs(sum(out[c][0] for c in CLASSES) - 1) < 1e-5
     assert out["label"][1] is None and out["error"][1]
@@ -168,7 +171,7 @@ def test_logged_registered_child_run_and_pyfunc(ws, store, monkeypatch, capsys):
 
     # predict CLI through the registry alias
     rc = predict.main([str(ws / "ing" / "images"), "--model", "models:/fer-test@champion", "--quiet",
-                       "--json", str(store / "p.json")])  # fmt: skip
+                       "--json", str(store / "p.json"), "--no-face-check"])  # fmt: skip
     assert rc == 0
     res = json.loads((store / "p.json").read_text())
     assert res["n_predicted"] == len(os.listdir(ws / "ing" / "images")) and res["n_failed"] == 0

@@ -36,18 +36,18 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture
 def images(tmp_path):
-    """Gray/colour, PNG/JPEG/TIFF (8 and 16 bit), odd sizes, a nested folder, two broken files."""
+    """Gray/colour, PNG/JPEG/TIFF (8 and 16 bit), odd sizes (>= 48 px), a nested folder, two broken files."""
     rng = np.random.default_rng(3)
     d = tmp_path / "photos"
     (d / "nested").mkdir(parents=True)
-    Image.fromarray(rng.integers(0, 256, (37, 91), dtype=np.uint8), "L").save(d / "gray_37x91.png")
+    Image.fromarray(rng.integers(0, 256, (57, 91), dtype=np.uint8), "L").save(d / "gray_57x91.png")
     Image.fromarray(rng.integers(0, 256, (123, 45, 3), dtype=np.uint8), "RGB").save(d / "colour.jpg", quality=90)
     Image.fromarray(rng.integers(0, 256, (300, 200, 3), dtype=np.uint8), "RGB").save(d / "nested" / "big.tiff")
     Image.fromarray(rng.integers(0, 65535, (50, 64), dtype=np.uint16)).save(d / "deep16.tif")
-    Image.fromarray(rng.integers(0, 256, (29, 31, 4), dtype=np.uint8), "RGBA").save(d / "alpha.PNG")
-    Image.fromarray(rng.integers(0, 256, (40, 40), dtype=np.uint8), "L").convert("P").save(d / "palette.gif")
+    Image.fromarray(rng.integers(0, 256, (49, 51, 4), dtype=np.uint8), "RGBA").save(d / "alpha.PNG")
+    Image.fromarray(rng.integers(0, 256, (48, 48), dtype=np.uint8), "L").convert("P").save(d / "palette.gif")
     (d / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
-    good = (d / "gray_37x91.png").read_bytes()
+    good = (d / "gray_57x91.png").read_bytes()
     (d / "nested" / "truncated.png").write_bytes(good[: len(good) // 2])
     (d / "notes.txt").write_text("not an image, not listed")
     return d
@@ -61,13 +61,15 @@ def strict_json(path):
 
 
 def test_folder_of_mixed_images_with_corrupt_files(model_dir, images, tmp_path, capsys):
-    rc = predict.main([str(images), "--model", str(model_dir), "--csv", str(tmp_path / "o.csv"),
-                       "--json", str(tmp_path / "o.json")])  # fmt: skip
-    assert rc == 0
+    args = [str(images), "--model", str(model_dir), "--csv", str(tmp_path / "o.csv"), "--json", str(tmp_path / "o.json"),
+            "--no-face-check"]  # fmt: skip
+    assert predict.main(args) == 1  # two files failed: an error exit, whatever else was classified
+    assert "2 file(s) failed" in capsys.readouterr().err
+    assert predict.main([*args, "--keep-going"]) == 0
     out = capsys.readouterr()
     res = strict_json(tmp_path / "o.json")
     rows = {r["file"].split("/")[-1]: r for r in res["predictions"]}
-    assert set(rows) == {"gray_37x91.png", "colour.jpg", "big.tiff", "deep16.tif", "alpha.PNG", "palette.gif",
+    assert set(rows) == {"gray_57x91.png", "colour.jpg", "big.tiff", "deep16.tif", "alpha.PNG", "palette.gif",
                          "corrupt.jpg", "truncated.png"}  # fmt: skip
     assert res["n_predicted"] == 6 and res["n_failed"] == 2
     for name in ("corrupt.jpg", "truncated.png"):
@@ -84,17 +86,25 @@ def test_folder_of_mixed_images_with_corrupt_files(model_dir, images, tmp_path, 
 
 
 def test_exit_codes(model_dir, images, tmp_path, capsys):
-    assert predict.main([str(images / "corrupt.jpg"), "--model", str(model_dir)]) == 1  # every file failed
+    good, bad = str(images / "colour.jpg"), str(images / "corrupt.jpg")
+    assert predict.main([bad, "--model", str(model_dir)]) == 1  # every file failed
+    assert predict.main([bad, "--model", str(model_dir), "--keep-going"]) == 1
     assert predict.main([str(tmp_path / "missing.png"), "--model", str(model_dir)]) == 1
-    assert predict.main([str(images / "colour.jpg"), str(images / "corrupt.jpg"), "--model", str(model_dir)]) == 0
-    assert predict.main([str(images / "colour.jpg"), "--model", str(tmp_path / "no_model")]) == 2
+    assert predict.main([good, bad, "--model", str(model_dir), "--no-face-check"]) == 1  # one failed
+    assert predict.main([good, bad, "--model", str(model_dir), "--no-face-check", "--keep-going"]) == 0
+    assert predict.main([good, "--model", str(model_dir), "--no-face-check"]) == 0
+    assert predict.main([good, "--model", str(tmp_path / "no_model")]) == 2
     assert "no model.json" in capsys.readouterr().err
 
 
-def test_haar_face_crop_reports_files_without_a_face(model_dir, images, capsys):
-    assert predict.main([str(images / "colour.jpg"), "--model", str(model_dir), "--face-crop", "haar"]) == 0
-    out = capsys.readouterr()
-    assert "no face found" in out.err and "colour.jpg" in out.err
+def test_an_image_without_a_face_is_an_error_not_a_label(model_dir, images, tmp_path, capsys):
+    """Face check on by default (ingest's detector), with or without the Haar crop."""
+    for extra in ([], ["--face-crop", "haar"]):
+        assert predict.main([str(images / "colour.jpg"), "--model", str(model_dir), "--json", str(tmp_path / "o.json"),
+                             *extra]) == 1  # fmt: skip
+        row = strict_json(tmp_path / "o.json")["predictions"][0]
+        assert row["label"] is None and "no face found" in row["error"]
+        assert "no face found" in capsys.readouterr().err
 
 
 def test_predictions_use_exactly_the_ingest_preprocessing(model_dir, tmp_path):
@@ -109,16 +119,18 @@ def test_predictions_use_exactly_the_ingest_preprocessing(model_dir, tmp_path):
     net, _ = serving.load_net(model_dir)
     with torch.no_grad():
         ref = net(x.float() / 255).numpy()[0]
-    row = serving.FerPredictor.load(model_dir).predict_bytes([(raw / "KA.HA1.1.tiff").read_bytes()])[0]
+    pred = serving.FerPredictor.load(model_dir)
+    row = pred.predict_bytes([(raw / "KA.HA1.1.tiff").read_bytes()], face_check=False)[0]
     assert np.allclose([row[c] for c in CLASSES], ref, atol=1e-5)
 
 
 def test_pyfunc_wrapper_accepts_base64_data_uri_and_bytes(model_dir, images):
     model = serving._load_pyfunc(str(model_dir))
-    png = (images / "gray_37x91.png").read_bytes()
+    png = (images / "gray_57x91.png").read_bytes()
     b64 = base64.b64encode(png).decode()
     frame = pd.DataFrame({"image": [b64, "data:image/png;base64," + b64, png, "%%%"]})
-    out = model.predict(frame)
+    assert list(model.predict(frame)["error"][:3]) == [serving.NO_FACE] * 3  # the face check, by default
+    out = model.predict(frame, params={"face_check": False})
     assert list(out.columns) == serving.OUTPUT_COLUMNS and len(out) == 4
     assert out["label"][0] == out["label"][1] == out["label"][2] and out["label"][0] in CLASSES
     assert out["label"][3] is None and out["error"][3]
@@ -129,8 +141,8 @@ def test_pyfunc_wrapper_accepts_base64_data_uri_and_bytes(model_dir, images):
 def test_chunked_prediction_equals_one_pass(model_dir, images):
     model = predict.load_model(str(model_dir))
     files = predict.collect_files([str(images)])
-    a = predict.predict_files(model, files, None, chunk=3)
-    b = predict.predict_files(model, files, None)
+    a = predict.predict_files(model, files, None, chunk=3, face_check=False)
+    b = predict.predict_files(model, files, None, face_check=False)
     assert [r["file"] for r in a] == [r["file"] for r in b] and len(a) == 8
     for ra, rb in zip(a, b, strict=True):
         assert ra["label"] == rb["label"] and ra["error"] == rb["error"]

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import classes, config, data, finetune, heads, tracking
+from . import classes, config, cv, data, finetune, heads, ood, tracking
 from .config import IngestParams, ParamsError, register_section
 from .features import CACHE_NAME, cached_features, extract_features, run_identity
 from .io import sha256_file, swap_dir, temp_dir_beside, write_json, write_run_record
@@ -198,8 +198,25 @@ def fit_finetune(net: FerNet, images: torch.Tensor, y: np.ndarray, p: TrainParam
 
 
 # ---------------------------------------------------------------- the stage
+def ood_reference(net: FerNet, images: torch.Tensor, feats: np.ndarray | None, manifest, plan: Path | None,
+                  p: TrainParams) -> tuple[ood.Reference | None, dict]:  # fmt: skip
+    """The out-of-distribution reference of the served model (``ferpipe.ood``): its pooled
+    features of every training image, and a threshold calibrated on the split plan's
+    held-out validation images. Frozen mode reuses the head's features (unflipped view)."""
+    if plan is None:
+        return None, {"calibrated": False, "why": "no split plan given (--plan): predictions carry no OOD flag"}
+    if feats is None:  # fine-tuned backbone: its own features
+        feats = extract_features(net.backbone, images, p.batch_size, False, torch.device("cpu"), None)
+        net.to("cpu")
+    f0 = np.asarray(feats[0], dtype=np.float32)
+    folds, _ = cv.plan_folds(plan, manifest)
+    cal = ood.calibrate(f0, folds)
+    return ood.Reference.fit(f0, seed=p.seed), {"calibrated": True, **cal}
+
+
 def build_final_model(manifest_path: Path, weights: Path, out: Path, p: TrainParams, ip: IngestParams,
-                      fp: FinalModelParams, train_dir: Path | None = config.TRAIN_DIR) -> tuple[Path, dict]:  # fmt: skip
+                      fp: FinalModelParams, train_dir: Path | None = config.TRAIN_DIR,
+                      plan: Path | None = None) -> tuple[Path, dict]:  # fmt: skip
     """Train on every manifest image; write the model folder into a temp dir, return (tmp, summary)."""
     t_start = time.time()
     timings: dict[str, float] = {}
@@ -232,12 +249,16 @@ def build_final_model(manifest_path: Path, weights: Path, out: Path, p: TrainPar
         timings["features_s"] = time.time() - t0
         info = fit_frozen(net, feats, y, p, c, run_classes)
     else:
+        feats = None
         epochs, choice = choose_epochs(train_dir, p.method, fp, p)
         p = dataclasses.replace(p, epochs=epochs, patience=epochs + 1)
         info = fit_finetune(net, images, y, p, pretrained, device, dtype, len(run_classes))
     timings.update(info.pop("timings"))
     ref = info.pop("_ref_proba", None)
     net = net.to("cpu").eval()
+    t0 = time.time()
+    reference, ood_info = ood_reference(net, images, feats, manifest, plan, p)
+    timings["ood_s"] = time.time() - t0
 
     # end-to-end check: the saved module's forward on a few training images
     t0 = time.time()
@@ -274,13 +295,17 @@ def build_final_model(manifest_path: Path, weights: Path, out: Path, p: TrainPar
                      "manifest_sha256": manifest_sha, "weights_sha256": weights_sha,
                      **({"C": info["C"]} if "C" in info else {})},  # fmt: skip
     }
+    if reference is not None:
+        meta["ood"] = {"distance": "cosine distance to the nearest training image (standardised pooled features)",
+                       **{k: ood_info[k] for k in ("threshold", "alpha", "protocol", "run", "validation_flag_rate",
+                                                    "test_flag_rate")}}  # fmt: skip
     tmp = temp_dir_beside(out)
     t0 = time.time()
-    save_model(net, meta, tmp)
+    save_model(net, meta, tmp, reference)
     timings["save_s"] = time.time() - t0
     timings["total_s"] = time.time() - t_start
     summary = {
-        "method": p.method, "mode": p.mode, "choice": choice, **info, "end_to_end_check": e2e,
+        "method": p.method, "mode": p.mode, "choice": choice, **info, "end_to_end_check": e2e, "ood": ood_info,
         "device": device.type, "feature_dtype": (str(dtype) if dtype else "torch.float32") if p.mode == "frozen" else None,
         "threads": torch.get_num_threads(),
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
@@ -307,8 +332,9 @@ def signature(default_face_crop: str, model_classes):
 
     inputs = Schema([ColSpec("string", "image")])
     outputs = Schema([ColSpec("string", "label", required=False), *[ColSpec("double", c, required=False) for c in model_classes],
-                      ColSpec("string", "face"), ColSpec("string", "error")])  # fmt: skip
-    params = ParamSchema([ParamSpec("face_crop", "string", default_face_crop)])
+                      ColSpec("string", "face"), ColSpec("double", "ood_distance", required=False),
+                      ColSpec("boolean", "out_of_distribution", required=False), ColSpec("string", "error")])  # fmt: skip
+    params = ParamSchema([ParamSpec("face_crop", "string", default_face_crop), ParamSpec("face_check", "boolean", True)])
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
 
@@ -350,7 +376,9 @@ def log_to_mlflow(model_dir: Path, meta: dict, summary: dict, fp: FinalModelPara
     with tempfile.TemporaryDirectory(prefix="ferpipe-final-") as tmp:
         data_dir = Path(tmp) / "fernet"
         data_dir.mkdir()
-        for name in ("model.safetensors", "model.json"):
+        for name in ("model.safetensors", "model.json", "ood.safetensors"):
+            if not (model_dir / name).exists():
+                continue
             try:
                 os.link(model_dir / name, data_dir / name)
             except OSError:
@@ -396,13 +424,13 @@ def log_to_mlflow(model_dir: Path, meta: dict, summary: dict, fp: FinalModelPara
 
 
 def run_stage(manifest: Path, weights: Path, out: Path, raw_params: dict, train_dir: Path | None,
-              mlflow_record: Path | None) -> dict:  # fmt: skip
+              mlflow_record: Path | None, plan: Path | None = None) -> dict:  # fmt: skip
     p = config.parse_section("train", raw_params.get("train"), TrainParams)
     ip = config.parse_section("ingest", raw_params.get("ingest"), IngestParams)
     fp = config.parse_section("final_model", raw_params.get("final_model"), FinalModelParams)
     if ip.face_crop not in FACE_CROPS:
         raise ParamsError(f"params.yaml: ingest.face_crop: expected one of {FACE_CROPS}, got {ip.face_crop!r}")
-    tmp, summary = build_final_model(manifest, weights, out, p, ip, fp, train_dir)
+    tmp, summary = build_final_model(manifest, weights, out, p, ip, fp, train_dir, plan)
     try:
         meta = json.loads((tmp / "model.json").read_text())
         if fp.log_mlflow:
@@ -431,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("artifacts/final_model"), help="output model folder")
     ap.add_argument("--params", type=Path, nargs="+", default=[config.PARAMS_FILE],
                     help="params file(s) (sections train, ingest, final_model); later files override earlier")
+    ap.add_argument("--plan", type=Path, default=config.SPLIT_PLAN,
+                    help="split plan: its held-out validation images calibrate the out-of-distribution flag")
     ap.add_argument("--train-results", type=Path, default=config.TRAIN_DIR,
                     help="train stage output: the folds' selected C (frozen) or best epoch (finetune)")
     ap.add_argument("--mlflow-record", type=Path, default=config.TRAIN_DIR / "mlflow.json",
@@ -442,7 +472,8 @@ def main(argv: list[str] | None = None) -> int:
         raw = config.read_params_files(args.params)
         if args.no_mlflow:
             raw["final_model"] = {**(raw.get("final_model") or {}), "log_mlflow": False}
-        summary = run_stage(args.manifest, args.weights, args.out, raw, args.train_results, args.mlflow_record)
+        summary = run_stage(args.manifest, args.weights, args.out, raw, args.train_results, args.mlflow_record,
+                            args.plan)
     except (ParamsError, FileNotFoundError, ValueError, tracking.ParentRunError) as exc:
         print(f"final_model: error: {exc}", file=sys.stderr)
         return 2

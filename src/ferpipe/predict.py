@@ -1,24 +1,27 @@
 """predict: classify face photos with the final model.
 
     python -m ferpipe.predict PATH [PATH ...] [--model artifacts/final_model]
-        [--csv out.csv] [--json out.json] [--face-crop haar|none]
+        [--csv out.csv] [--json out.json] [--face-crop haar|none] [--no-face-check] [--keep-going]
 
 PATH: image files or folders (searched recursively for .jpg/.jpeg/.png/.tif/.tiff/.bmp/
-.gif/.webp/.pgm/.ppm). Any size, gray or colour. Each image gets the ingest stage's
-preprocessing (gray -> 3 channels, the Haar face crop when asked, centre square, resize).
-With ``--face-crop haar`` a file where no face is found is reported and classified on its
-centre square, as ingest does. A file that cannot be read or decoded gets an error row;
-the others still run.
+.gif/.webp/.pgm/.ppm). Gray or colour, at least 32 px on the short side. Each image gets
+the ingest stage's preprocessing (gray -> 3 channels, the Haar face crop when asked,
+centre square, resize). By default the ingest face detector must find a face, or the file
+gets an error row ("no face found") and no label; ``--no-face-check`` classifies the whole
+image anyway. A file that cannot be read or decoded gets an error row; the others still
+run. Each prediction carries ``ood_distance`` and ``out_of_distribution``: how far the
+image's features lie from the training images, flagged above the threshold calibrated on
+held-out validation images (``ferpipe.ood``).
 
 --model: a folder written by the final_model stage (default ``artifacts/final_model``),
 or an MLflow model URI (``models:/ferpipe-resnet50@champion``, ``models:/<name>/<version>``,
 ``runs:/<run>/model``), loaded with mlflow.pyfunc from ``MLFLOW_TRACKING_URI`` (default:
 the repo's ``mlflow.db``).
 
-Output: a table on stdout (file, label, probability per class, face, error); ``--csv``
-and ``--json`` write the same rows (atomically). Exit status: 0 when at least one file
-was classified, 1 when every file failed (or none was found), 2 on a usage error
-(no such model, bad option).
+Output: a table on stdout (file, label, probability per class, face, OOD, error); ``--csv``
+and ``--json`` write the same rows (atomically). Exit status: 0 when every file was
+classified, 1 when any file failed (with ``--keep-going``: only when every file failed),
+2 on a usage error (no such model, bad option).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ DEFAULT_MODEL = Path("artifacts/final_model")
 
 def columns(classes) -> list[str]:
     """Output columns for a model of these classes (its model.json / MLflow metadata)."""
-    return ["file", "label", *classes, "face", "error"]
+    return ["file", "label", *classes, "face", "ood_distance", "out_of_distribution", "error"]
 
 
 COLUMNS = columns(CLASSES)  # for a model of the paper's seven classes
@@ -75,8 +78,8 @@ class LocalModel:
         self.face_crop = self.predictor.face_crop
         self.classes = self.predictor.classes
 
-    def predict(self, blobs: list, face_crop: str | None) -> list[dict]:
-        return self.predictor.predict_bytes(blobs, face_crop)
+    def predict(self, blobs: list, face_crop: str | None, face_check: bool = True) -> list[dict]:
+        return self.predictor.predict_bytes(blobs, face_crop, face_check)
 
 
 class MlflowModel:
@@ -93,7 +96,7 @@ class MlflowModel:
         custom = getattr(self.model.metadata, "metadata", None) or {}
         self.classes = list(custom.get("classes") or CLASSES)  # final_model logs the model's class list
 
-    def predict(self, blobs: list, face_crop: str | None) -> list[dict]:
+    def predict(self, blobs: list, face_crop: str | None, face_check: bool = True) -> list[dict]:
         import base64
 
         import pandas as pd
@@ -107,7 +110,8 @@ class MlflowModel:
                 rows[i] = error_row(b, self.classes)
         if ok:
             frame = pd.DataFrame({"image": [base64.b64encode(blobs[i]).decode("ascii") for i in ok]})
-            out = self.model.predict(frame, params={"face_crop": face_crop} if face_crop else None)
+            params = {"face_check": face_check, **({"face_crop": face_crop} if face_crop else {})}
+            out = self.model.predict(frame, params=params)
             for i, rec in zip(ok, out.to_dict(orient="records"), strict=True):
                 rows[i] = rec
         return rows
@@ -123,7 +127,7 @@ def load_model(model: str, batch_size: int = 16):
 
 
 def predict_files(model, files: list[tuple[str, Path | None, str]], face_crop: str | None,
-                  chunk: int = CHUNK) -> list[dict]:  # fmt: skip
+                  chunk: int = CHUNK, face_check: bool = True) -> list[dict]:  # fmt: skip
     rows: list[dict] = []
     for s in range(0, len(files), chunk):  # bounded memory for big folders
         blobs: list = []
@@ -135,7 +139,7 @@ def predict_files(model, files: list[tuple[str, Path | None, str]], face_crop: s
                 blobs.append(path.read_bytes())
             except OSError as exc:
                 blobs.append(exc)
-        rows += model.predict(blobs, face_crop)
+        rows += model.predict(blobs, face_crop, face_check)
     out = []
     for (name, _p, _e), row in zip(files, rows, strict=True):
         rec = {"file": name, **{k: row.get(k) for k in columns(model.classes) if k != "file"}}
@@ -146,6 +150,10 @@ def predict_files(model, files: list[tuple[str, Path | None, str]], face_crop: s
         rec["label"] = label if isinstance(label, str) and label else None
         rec["error"] = rec["error"] or ""
         rec["face"] = rec["face"] or ""
+        d = rec.get("ood_distance")
+        rec["ood_distance"] = None if d is None or (isinstance(d, float) and math.isnan(d)) else float(d)
+        flag = rec.get("out_of_distribution")
+        rec["out_of_distribution"] = None if rec["ood_distance"] is None or flag is None else bool(flag)
         out.append(rec)
     return out
 
@@ -155,6 +163,8 @@ def table(rows: list[dict], classes=CLASSES) -> str:
     lines = []
     for r in rows:
         note = r["error"] or ("no face found (centre square used)" if r["face"] == "not_found" else "")
+        if r.get("out_of_distribution"):
+            note = f"out of distribution (distance {r['ood_distance']:.3f}): unlike the training images"
         probs = [f"{r[c]:.3f}" if r[c] is not None else "-" for c in classes]
         lines.append([r["file"], r["label"] or "ERROR", *probs, note])
     widths = [max(len(h), *(len(str(line[i])) for line in lines)) if lines else len(h) for i, h in enumerate(head)]
@@ -186,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="write the predictions as JSON here")
     ap.add_argument("--face-crop", choices=["haar", "none"],
                     help="face detection before classifying (default: the model's training setting)")
+    ap.add_argument("--no-face-check", action="store_true",
+                    help="classify images even when no face is found (default: such a file is an error)")
+    ap.add_argument("--keep-going", action="store_true",
+                    help="exit 0 when some files failed, as long as one was classified (default: exit 1)")
     ap.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--quiet", action="store_true", help="no table on stdout")
@@ -206,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     t_load = time.time() - t0
     files = collect_files(args.paths)
     t0 = time.time()
-    rows = predict_files(model, files, args.face_crop)
+    rows = predict_files(model, files, args.face_crop, face_check=not args.no_face_check)
     t_pred = time.time() - t0
     n_ok = sum(1 for r in rows if not r["error"])
     face_crop = args.face_crop or model.face_crop
@@ -223,6 +237,11 @@ def main(argv: list[str] | None = None) -> int:
         print(table(rows, model.classes))
     print(f"predict: {n_ok}/{len(rows)} file(s) classified (face crop: {face_crop}); "
           f"model load {t_load:.1f} s, {t_pred / max(len(rows), 1):.3f} s per file", file=sys.stderr)  # fmt: skip
+    n_failed = len(rows) - n_ok
+    if n_failed and not args.keep_going:
+        print(f"predict: {n_failed} file(s) failed (exit 1; --keep-going exits 0 when some were classified)",
+              file=sys.stderr)  # fmt: skip
+        return 1
     return 0 if n_ok else 1
 
 

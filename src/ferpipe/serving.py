@@ -7,10 +7,15 @@ are folded into it) -> softmax, averaged with the horizontally flipped image as 
 folds were tested. A saved model is a folder with ``model.safetensors`` (the state dict)
 and ``model.json`` (classes, image size, preprocessing, face-crop setting).
 
-``FerPredictor`` turns image file bytes (JPEG/PNG/TIFF/..., gray or colour, any size)
-into class probabilities with the same steps as the ingest stage (gray -> 3 channels,
-optional Haar face crop via ``imaging.FaceCropper``, centre square, bicubic resize). A file
-that cannot be decoded gets a row with an ``error`` message; the others still run.
+``FerPredictor`` turns image file bytes (JPEG/PNG/TIFF/..., gray or colour) into class
+probabilities with the same steps as the ingest stage (gray -> 3 channels, optional Haar
+face crop via ``imaging.FaceCropper``, centre square, bicubic resize). Before a label is
+given, the image must pass the checks a front door owes its users: decodable, at least
+``MIN_SIDE`` px on its short side, at most ``max_pixels`` pixels, and (``face_check``, on by
+default) a face found by the ingest stage's detector. An image that fails gets a row with
+an ``error`` reason and no label; the others in the batch still run. One predictor serves
+many threads at once: the model is read-only in eval mode and the face detector keeps one
+cascade per thread (``imaging.FaceCropper``).
 
 MLflow: this module is the pyfunc ``loader_module`` (``_load_pyfunc``), so a logged model
 needs no pickle. Input: a DataFrame with column ``image`` holding base64-encoded file
@@ -26,6 +31,7 @@ import io
 import json
 import math
 import re
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,14 +45,27 @@ from .model import IMAGENET_MEAN, IMAGENET_STD, build_resnet50
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "model.json"
+OOD_FILE = "ood.safetensors"  # the out-of-distribution reference (ferpipe.ood); its threshold is in model.json
 FORMAT_VERSION = 1
 FACE_CROPS = ("none", "haar")
 TTA_MODES = ("prob", "logit", "none")  # frozen folds averaged probabilities, finetune logits
+MIN_SIDE = 32  # px: the Haar detector's smallest window is 24 px; below 32 no face can be checked
+MAX_PIXELS = 40_000_000  # per image: a 40 MP photo decodes to 120 MB of RGB; larger is refused, not decoded
+FACE_CHECK = True  # serving and predict refuse an image without a face unless told otherwise
+NO_FACE = "no face found (send face_check=false to classify the whole image anyway)"
+
+
+class ImageRejected(ValueError):
+    """One input image cannot be classified (the reason becomes its error row)."""
+
+
+class Stopped(RuntimeError):
+    """The caller asked to stop (deadline passed, client gone) before every image was done."""
 
 
 def output_columns(classes: Sequence[str]) -> list[str]:
     """The prediction table's columns for a model of these classes (model.json 'classes')."""
-    return ["label", *classes, "face", "error"]
+    return ["label", *classes, "face", "ood_distance", "out_of_distribution", "error"]
 
 
 OUTPUT_COLUMNS = output_columns(CLASSES)  # for a model of the paper's seven classes
@@ -71,19 +90,25 @@ class FerNet(nn.Module):
         return self.head(self.backbone(x))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.probabilities_and_features(images)[0]
+
+    def probabilities_and_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(class probabilities, pooled backbone features of the unflipped image) in one pass."""
         x = (images - self.mean) / self.std
-        logits = self.logits(x)
+        feats = self.backbone(x)
+        logits = self.head(feats)
         if self.flip_tta == "none":
-            return torch.softmax(logits, 1)
+            return torch.softmax(logits, 1), feats
         flipped = self.logits(torch.flip(x, dims=[3]))
         if self.flip_tta == "logit":
-            return torch.softmax((logits + flipped) / 2, 1)
-        return (torch.softmax(logits, 1) + torch.softmax(flipped, 1)) / 2
+            return torch.softmax((logits + flipped) / 2, 1), feats
+        return (torch.softmax(logits, 1) + torch.softmax(flipped, 1)) / 2, feats
 
 
 # ---------------------------------------------------------------- saving / loading
-def save_model(net: FerNet, meta: dict[str, Any], out_dir: Path | str) -> dict[str, Any]:
-    """Write model.safetensors + model.json into ``out_dir`` (each file atomically)."""
+def save_model(net: FerNet, meta: dict[str, Any], out_dir: Path | str, ood_reference=None) -> dict[str, Any]:
+    """Write model.safetensors + model.json (+ ood.safetensors) into ``out_dir`` (each atomically)."""
+    from safetensors.numpy import save_file as save_numpy
     from safetensors.torch import save_file
 
     from .io import write_json, write_with
@@ -91,6 +116,8 @@ def save_model(net: FerNet, meta: dict[str, Any], out_dir: Path | str) -> dict[s
     out_dir = Path(out_dir)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     write_with(out_dir / MODEL_FILE, lambda p: save_file(state, str(p), metadata={"format": "ferpipe-fernet"}))
+    if ood_reference is not None:
+        write_with(out_dir / OOD_FILE, lambda p: save_numpy(ood_reference.tensors(), str(p)))
     meta = {"format_version": FORMAT_VERSION, "classes": list(CLASSES), **meta}  # meta names its classes
     write_json(out_dir / CONFIG_FILE, meta)
     return meta
@@ -117,11 +144,22 @@ def load_net(model_dir: Path | str) -> tuple[FerNet, dict[str, Any]]:
 
 
 # ---------------------------------------------------------------- preprocessing
-def decode_image(data: bytes):
-    """File bytes -> a PIL image (first frame, EXIF orientation applied, 8-bit modes)."""
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS):
+    """File bytes -> a PIL image (first frame, EXIF orientation applied, 8-bit modes).
+
+    The pixel count is checked from the header before anything is decoded, so a huge or
+    forged image costs nothing; an image whose short side is below ``MIN_SIDE`` is refused.
+    """
     from PIL import Image, ImageOps
 
+    if not data:
+        raise ImageRejected("empty image (0 bytes)")
     im = Image.open(io.BytesIO(data))
+    w, h = im.size
+    if w * h > max_pixels:
+        raise ImageRejected(f"image of {w} x {h} = {w * h:,} pixels is over the limit of {max_pixels:,}")
+    if min(w, h) < MIN_SIDE:
+        raise ImageRejected(f"image of {w} x {h} px is smaller than {MIN_SIDE} px on its short side")
     im.load()  # decode now: a truncated or corrupt file fails here, with its name known
     im = ImageOps.exif_transpose(im)
     if im.mode in ("I", "F") or im.mode.startswith("I;16"):
@@ -133,49 +171,72 @@ def decode_image(data: bytes):
 
 
 def b64_to_bytes(value: Any) -> bytes:
-    """A base64 string (or raw bytes) -> bytes; data URIs ('data:image/png;base64,...') work too."""
+    """A base64 string (or raw bytes) -> bytes; data URIs ('data:image/png;base64,...') work too.
+
+    Strict: characters outside the base64 alphabet are an error, not silently dropped.
+    """
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value)
     if not isinstance(value, str):
-        raise ValueError(f"expected a base64 string, got {type(value).__name__}")
+        raise ImageRejected(f"expected a base64 string, got {type(value).__name__}")
     s = value.strip()
     if s.startswith("data:") and "," in s:
         s = s.split(",", 1)[1]
+    s = "".join(s.split())  # line breaks inside base64 are common and harmless
+    if not s:
+        raise ImageRejected("empty string: expected base64-encoded image file bytes")
     try:
-        return base64.b64decode(s + "=" * (-len(s) % 4), validate=False)
+        return base64.b64decode(s + "=" * (-len(s) % 4), validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise ValueError(f"not valid base64: {exc}") from exc
+        raise ImageRejected(f"not valid base64 ({exc})") from exc
 
 
 class FerPredictor:
-    """A loaded final model plus its preprocessing; thread-compatible, not thread-safe."""
+    """A loaded final model plus its preprocessing; safe to call from many threads at once."""
 
-    def __init__(self, net: FerNet, meta: dict[str, Any], batch_size: int = 16):
+    def __init__(self, net: FerNet, meta: dict[str, Any], batch_size: int = 16, max_pixels: int = MAX_PIXELS):
         self.net = net.eval().to(memory_format=torch.channels_last)
         self.meta = meta
         self.classes = list(meta["classes"])  # the model's own class list (model.json)
         self.batch_size = batch_size
-        self._croppers: dict[float, Any] = {}
+        self.max_pixels = max_pixels
+        self._face_cropper = None
+        self._lock = threading.Lock()
+        self.ood_reference = None  # set by load() when the model folder has one
+        self.ood_threshold = float((meta.get("ood") or {}).get("threshold", math.inf))
 
     @classmethod
-    def load(cls, model_dir: Path | str, batch_size: int = 16) -> FerPredictor:
+    def load(cls, model_dir: Path | str, batch_size: int = 16, max_pixels: int = MAX_PIXELS) -> FerPredictor:
         net, meta = load_net(model_dir)
-        return cls(net, meta, batch_size)
+        pred = cls(net, meta, batch_size, max_pixels)
+        ood_file = Path(model_dir) / OOD_FILE
+        if ood_file.exists() and "ood" in meta:
+            from safetensors.numpy import load_file
+
+            from .ood import Reference
+
+            pred.ood_reference = Reference.from_tensors(load_file(str(ood_file)))
+        return pred
 
     @property
     def face_crop(self) -> str:
         return self.meta["preprocessing"]["face_crop"]
 
     def _cropper(self):
+        """The one face detector (thread-safe itself: a cascade per thread inside)."""
         from .imaging import FaceCropper
 
-        margin = float(self.meta["preprocessing"]["face_margin"])
-        if margin not in self._croppers:
-            self._croppers[margin] = FaceCropper(margin)
-        return self._croppers[margin]
+        with self._lock:
+            if self._face_cropper is None:
+                self._face_cropper = FaceCropper(float(self.meta["preprocessing"]["face_margin"]))
+            return self._face_cropper
 
-    def preprocess(self, im, face_crop: str | None = None) -> tuple[np.ndarray, str]:
-        """PIL image -> (uint8 array (3, S, S), face status), exactly as ingest + train load it."""
+    def preprocess(self, im, face_crop: str | None = None, face_check: bool = FACE_CHECK) -> tuple[np.ndarray, str]:
+        """PIL image -> (uint8 array (3, S, S), face status), exactly as ingest + train load it.
+
+        ``face_check``: look for a face with the ingest detector even when the model was
+        trained without cropping, and refuse the image (``ImageRejected``) when none is found.
+        """
         from PIL import Image
 
         from .config import IngestParams
@@ -187,7 +248,14 @@ class FerPredictor:
             raise ValueError(f"face_crop must be one of {FACE_CROPS}, got {face_crop!r}")
         ip = IngestParams(image_size=int(pre["ingest_image_size"]), face_crop=face_crop,
                           face_margin=float(pre["face_margin"]), grayscale=bool(pre["grayscale"]))  # fmt: skip
-        img, found = normalise_image(im, ip, self._cropper() if face_crop == "haar" else None)
+        if face_crop == "haar":
+            img, found = normalise_image(im, ip, self._cropper())
+        else:
+            img, found = normalise_image(im, ip, None)
+            if face_check:  # detection as a check only: the model saw uncropped images
+                found = self._cropper().box(np.asarray(im.convert("L"))) is not None
+        if face_check and found is False:
+            raise ImageRejected(NO_FACE)
         size = int(self.meta["image_size"])
         if img.size != (size, size):  # as data.load_images_uint8 does when train.image_size differs
             img = img.resize((size, size), Image.BICUBIC)
@@ -195,26 +263,40 @@ class FerPredictor:
         return np.asarray(img.convert("RGB")).transpose(2, 0, 1).copy(), face
 
     @torch.no_grad()
-    def probabilities(self, batch_u8: np.ndarray) -> np.ndarray:
-        out = []
+    def probabilities(self, batch_u8: np.ndarray, should_stop=None) -> tuple[np.ndarray, np.ndarray]:
+        """(class probabilities, OOD distances: NaN when the model has no reference)."""
+        probs, dists = [], []
         for s in range(0, len(batch_u8), self.batch_size):
+            if should_stop is not None and should_stop():
+                raise Stopped(f"stopped after {s} of {len(batch_u8)} images")
             x = torch.from_numpy(batch_u8[s : s + self.batch_size]).float().div_(255)
-            out.append(self.net(x.contiguous(memory_format=torch.channels_last)).float().numpy())
-        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), dtype=np.float32)
+            p, f = self.net.probabilities_and_features(x.contiguous(memory_format=torch.channels_last))
+            probs.append(p.float().numpy())
+            ref = self.ood_reference
+            dists.append(ref.distance(f.float().numpy()) if ref is not None else np.full(len(p), math.nan))
+        if not probs:
+            return np.zeros((0, len(self.classes)), dtype=np.float32), np.zeros(0)
+        return np.concatenate(probs), np.concatenate(dists)
 
-    def predict_bytes(self, blobs: Sequence[bytes | Exception], face_crop: str | None = None) -> list[dict]:
+    def predict_bytes(self, blobs: Sequence[bytes | Exception], face_crop: str | None = None,
+                      face_check: bool = FACE_CHECK, should_stop=None) -> list[dict]:  # fmt: skip
         """One record per input: label, probabilities, face, error ('' when predicted).
 
         An entry may be an Exception already (e.g. a file that could not be read): it
-        becomes an error row.
+        becomes an error row. ``should_stop()`` is polled between images and batches;
+        when it turns true, ``Stopped`` is raised and nothing more is computed.
         """
+        if face_crop is not None and face_crop not in FACE_CROPS:
+            raise ValueError(f"face_crop must be one of {FACE_CROPS}, got {face_crop!r}")
         rows: list[dict] = [{}] * len(blobs)
         arrays, where = [], []
         for i, blob in enumerate(blobs):
+            if should_stop is not None and should_stop():
+                raise Stopped(f"stopped while preparing image {i + 1} of {len(blobs)}")
             try:
                 if isinstance(blob, Exception):
                     raise blob
-                arr, face = self.preprocess(decode_image(blob), face_crop)
+                arr, face = self.preprocess(decode_image(blob, self.max_pixels), face_crop, face_check)
             except Exception as exc:  # noqa: BLE001 - any undecodable input is that row's error
                 rows[i] = error_row(exc, self.classes)
                 continue
@@ -222,25 +304,33 @@ class FerPredictor:
             arrays.append(arr)
             where.append(i)
         if arrays:
-            probs = self.probabilities(np.stack(arrays))
-            for i, p in zip(where, probs, strict=True):
+            probs, dists = self.probabilities(np.stack(arrays), should_stop)
+            for i, p, d in zip(where, probs, dists, strict=True):
                 cls = self.classes
                 rows[i] = {"label": cls[int(np.argmax(p))], **{c: float(v) for c, v in zip(cls, p, strict=True)},
-                           "face": rows[i]["face"], "error": ""}  # fmt: skip
+                           "face": rows[i]["face"], "ood_distance": None if math.isnan(d) else round(float(d), 6),
+                           "out_of_distribution": None if math.isnan(d) else bool(d > self.ood_threshold),
+                           "error": ""}  # fmt: skip
         return rows
 
-    def predict_frame(self, frame, face_crop: str | None = None):
-        """DataFrame with column ``image`` (base64 strings or bytes) -> the output DataFrame."""
-
-        if "image" not in getattr(frame, "columns", []):
-            raise ValueError(f"model input must have a column 'image' (base64 file bytes); got {list(getattr(frame, 'columns', []))}")
+    def predict_values(self, values: Sequence[Any], face_crop: str | None = None, face_check: bool = FACE_CHECK,
+                       should_stop=None) -> list[dict]:  # fmt: skip
+        """Base64 strings (or bytes) -> records; a value that is not base64 is its row's error."""
         blobs: list[bytes | Exception] = []
-        for v in frame["image"].tolist():
+        for v in values:
             try:
                 blobs.append(b64_to_bytes(v))
             except ValueError as exc:
                 blobs.append(exc)
-        return to_frame(self.predict_bytes(blobs, face_crop), self.classes)
+        return self.predict_bytes(blobs, face_crop, face_check, should_stop)
+
+    def predict_frame(self, frame, face_crop: str | None = None, face_check: bool = FACE_CHECK):
+        """DataFrame with column ``image`` (base64 strings or bytes) -> the output DataFrame."""
+
+        if "image" not in getattr(frame, "columns", []):
+            raise ValueError(f"model input must have a column 'image' (base64 file bytes); got {list(getattr(frame, 'columns', []))}")
+        rows = self.predict_values(frame["image"].tolist(), face_crop, face_check)
+        return to_frame(rows, self.classes)
 
 
 def to_frame(rows: list[dict], classes: Sequence[str] = CLASSES):
@@ -251,6 +341,9 @@ def to_frame(rows: list[dict], classes: Sequence[str] = CLASSES):
     if any(r.get("error") for r in rows):
         for col in ("label", *classes):
             frame[col] = pd.Series([None if r.get("error") else r[col] for r in rows], dtype=object)
+    for col in ("ood_distance", "out_of_distribution"):  # None (no reference / error row) stays null
+        if any(r.get(col) is None for r in rows):
+            frame[col] = pd.Series([r.get(col) for r in rows], dtype=object)
     return frame
 
 
@@ -258,8 +351,9 @@ def error_row(exc: BaseException, classes: Sequence[str] = CLASSES) -> dict:
     text = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc))
     if type(exc).__name__ == "UnidentifiedImageError":
         text = "cannot identify image file (corrupt, or not an image format Pillow reads)"
-    msg = f"{type(exc).__name__}: {text}".strip()
-    return {"label": None, **{c: math.nan for c in classes}, "face": "", "error": msg[:500]}
+    msg = text if isinstance(exc, ImageRejected) else f"{type(exc).__name__}: {text}".strip()
+    return {"label": None, **{c: math.nan for c in classes}, "face": "", "ood_distance": None,
+            "out_of_distribution": None, "error": msg[:500]}
 
 
 def encode_files(paths: Iterable[Path | str]) -> list[str]:
@@ -280,8 +374,11 @@ class _PyfuncModel:
             model_input = pd.DataFrame(model_input)
         elif isinstance(model_input, (list, tuple)):
             model_input = pd.DataFrame({"image": list(model_input)})
-        face_crop = (params or {}).get("face_crop") or None
-        return self.predictor.predict_frame(model_input, face_crop)
+        params = params or {}
+        face_check = params.get("face_check", FACE_CHECK)
+        if isinstance(face_check, str):  # MLflow passes a declared boolean param through; be lenient with strings
+            face_check = face_check.strip().lower() not in ("false", "0", "no")
+        return self.predictor.predict_frame(model_input, params.get("face_crop") or None, bool(face_check))
 
 
 def _load_pyfunc(data_path: str, model_config: dict | None = None) -> _PyfuncModel:
