@@ -48,8 +48,9 @@ gate: install  ## CI gate: the metrics `make run` just computed against the comm
 reproduce: install  ## full reproduction: pull raw data, dvc repro -f, compare with the committed metrics
 	python -m pipeline.reproduce --pull
 
-serve: install  ## REST predictions from the registered champion model on 127.0.0.1:5001
-	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} mlflow models serve -m models:/ferpipe-resnet50@champion --env-manager local -h 127.0.0.1 -p 5001
+PORT ?= 5001
+serve: install  ## REST front door (ferpipe.rest) for the registered champion model on 127.0.0.1:$(PORT) (make serve PORT=8080)
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} python -m ferpipe.rest --model models:/ferpipe-resnet50@champion --host 127.0.0.1 --port $(PORT)
 
 mlflow-ui: install  ## MLflow UI on http://127.0.0.1:5000 (parent run per pipeline run, child per fold)
 	@echo "open http://127.0.0.1:5000/#/experiments/$$(python -c 'from ferpipe import tracking as t; c = t.client(); print(t.experiment_id(c))')?workflowType=machine_learning"

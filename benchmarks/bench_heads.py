@@ -1,6 +1,6 @@
 """Frozen-head fitting time per fold against the number of training images.
 
-Uses the train stage's cached JAFFE features (artifacts/train/features_cache.npz; run
+Uses the train stage's cached JAFFE features (artifacts/train/features_cache_224.npz; run
 `dvc repro train` first). Larger sets are made for this benchmark only by repeating the
 213 images' features with small Gaussian jitter (labels repeated): the solver's cost
 depends on the matrix sizes, not on where the features came from. For each size, a few
@@ -44,7 +44,7 @@ def folds_for(y: np.ndarray, n_folds: int, seed: int = 0) -> list[heads.FoldHead
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--features", type=Path, default=REPO / "artifacts/train/features_cache.npz",
+    ap.add_argument("--features", type=Path, default=REPO / "artifacts/train/features_cache_224.npz",
                     help="the train stage's feature cache")  # fmt: skip
     ap.add_argument("--manifest", type=Path, default=REPO / "artifacts/ingest/manifest.csv", help="for the labels")
     ap.add_argument("--sizes", type=int, nargs="+", default=[213, 500, 1500], help="numbers of images")
@@ -53,7 +53,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     with np.load(args.features) as z:
-        base = z["features"]  # (views, 213, 2048)
+        base = z["features"][..., :2048]  # (views, 213, 2048): the layer4 global average
     y0 = data.labels_of(data.read_manifest(args.manifest))
     p = TrainParams()
     rng = np.random.default_rng(0)

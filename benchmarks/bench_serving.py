@@ -1,10 +1,12 @@
-"""Inference cost of the final model: local predictor and (optionally) the MLflow REST server.
+"""Inference cost of the final model: the local predictor, and a bounded load test of the
+REST front door (``python -m ferpipe.rest``, loopback only). Prints one JSON line:
+requests/s, p50/p95 latency, the server's RSS before and after the load.
 
-Images are generated (gray, 256x256 PNG), never real data. Prints one JSON line.
+Local timings use generated gray 256x256 PNGs; the load test sends real faces from
+``--faces`` (default ../shared/data/jaffe, never copied anywhere) so the face check runs.
 
-    python benchmarks/bench_serving.py --model artifacts/final_model --threads 1
-    MLFLOW_TRACKING_URI=sqlite:////tmp/x/mlflow.db python benchmarks/bench_serving.py \\
-        --model artifacts/final_model --serve models:/ferpipe-resnet50@champion
+    python benchmarks/bench_serving.py --model artifacts/final_model --threads 2 \\
+        --serve artifacts/final_model --requests 200 --clients 8
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -59,16 +62,27 @@ def bench_local(model: Path, n: int, threads: int) -> dict:
             "threads": torch.get_num_threads(), "image_size": pred.meta["image_size"], "flip_tta": pred.meta["flip_tta"]}  # fmt: skip
 
 
-def bench_serve(uri: str, n: int) -> dict:
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
+def bench_serve(model: str, n_requests: int, clients: int, faces: Path | None, threads: int) -> dict:
+    """A bounded load test of ``python -m ferpipe.rest``: n_requests one-image requests from
+    ``clients`` concurrent clients (loopback only), then the server is stopped."""
+    import concurrent.futures as cf
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    cmd = [sys.executable, "-m", "ferpipe.rest", "--model", model, "--port", str(port)]
+    if threads:
+        cmd += ["--threads", str(threads)]
     t0 = time.perf_counter()
-    proc = subprocess.Popen([str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", uri, "--env-manager", "local",
-                             "-h", "127.0.0.1", "-p", str(port)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         while True:
@@ -80,22 +94,37 @@ def bench_serve(uri: str, n: int) -> dict:
             except OSError:
                 time.sleep(0.2)
         start = time.perf_counter() - t0
-        b64 = [base64.b64encode(b).decode() for b in images(n)]
+        if faces is not None:  # real faces: the face check runs as it would for a user
+            files = sorted(f for f in faces.iterdir() if f.suffix.lower() in (".tiff", ".tif", ".png", ".jpg"))
+            blobs, params = [f.read_bytes() for f in files[:50]], {}
+        else:  # generated images have no face: the check is switched off
+            blobs, params = images(50), {"face_check": False}
+        bodies = [json.dumps({"inputs": [base64.b64encode(b).decode()], "params": params}).encode() for b in blobs]
 
-        def call(batch):
-            body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[b] for b in batch]}}).encode()
-            req = urllib.request.Request(url + "/invocations", body, {"Content-Type": "application/json"})
+        def call(i: int) -> tuple[float, int]:
+            req = urllib.request.Request(url + "/invocations", bodies[i % len(bodies)], {"Content-Type": "application/json"})
             t = time.perf_counter()
-            with urllib.request.urlopen(req, timeout=120) as r:
-                assert r.status == 200
-                r.read()
-            return time.perf_counter() - t
+            try:
+                with urllib.request.urlopen(req, timeout=120) as r:
+                    r.read()
+                    status = r.status
+            except urllib.error.HTTPError as e:
+                status = e.code
+            return time.perf_counter() - t, status
 
-        call(b64[:1])  # warm-up
-        single = [call([b]) for b in b64]
-        batch = call(b64)
-        return {"start_s": round(start, 2), "latency_1_image_median_s": round(float(np.median(single)), 4),
-                f"latency_{n}_images_s": round(batch, 4)}  # fmt: skip
+        call(0)  # warm-up
+        rss_before = rss_mb(proc.pid)
+        t = time.perf_counter()
+        with cf.ThreadPoolExecutor(clients) as pool:
+            results = list(pool.map(call, range(n_requests)))
+        wall = time.perf_counter() - t
+        lat = np.array([r[0] for r in results])
+        return {"start_s": round(start, 2), "requests": n_requests, "clients": clients,
+                "images": "real faces" if faces is not None else "generated (face_check off)",
+                "requests_per_s": round(n_requests / wall, 2), "p50_latency_s": round(float(np.percentile(lat, 50)), 4),
+                "p95_latency_s": round(float(np.percentile(lat, 95)), 4),
+                "status_counts": {str(k): sum(r[1] == k for r in results) for k in sorted({r[1] for r in results})},
+                "rss_mb_before": rss_before, "rss_mb_after": rss_mb(proc.pid)}  # fmt: skip
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
@@ -106,11 +135,17 @@ def main() -> int:
     ap.add_argument("--model", type=Path, default=Path("artifacts/final_model"), help="final model folder")
     ap.add_argument("--images", type=int, default=16, help="generated images per measurement")
     ap.add_argument("--threads", type=int, default=0, help="torch threads for the local predictor (0: default)")
-    ap.add_argument("--serve", help="also time `mlflow models serve` on this model URI (uses MLFLOW_TRACKING_URI)")
+    ap.add_argument("--serve", help="also load-test `python -m ferpipe.rest` on this model (folder or MLflow URI)")
+    ap.add_argument("--requests", type=int, default=200, help="requests in the load test (bounded)")
+    ap.add_argument("--clients", type=int, default=8, help="concurrent clients in the load test")
+    default_faces = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "jaffe"
+    ap.add_argument("--faces", type=Path, default=default_faces if default_faces.is_dir() else None,
+                    help="folder of real face photos for the load test (default ../shared/data/jaffe when present; "
+                         "without it generated images with face_check off)")
     args = ap.parse_args()
     out = {"local": bench_local(args.model, args.images, args.threads)}
     if args.serve:
-        out["serve"] = bench_serve(args.serve, args.images)
+        out["serve"] = bench_serve(args.serve, args.requests, args.clients, args.faces, args.threads)
     print(json.dumps(out))
     return 0
 

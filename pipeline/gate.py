@@ -19,7 +19,7 @@ Tolerances (params.yaml section ``gate``, or ``--tol PATTERN=PP``)::
 
     gate:
       tolerances:                # max |reproduced - committed|, percentage points
-        resnet50_frozen: 0.5     # deterministic CPU features + head: only hardware drift
+        resnet50_gap: 0.5        # deterministic CPU features + head: only hardware drift
         resnet50_finetune: 5.0   # training noise across machines (bf16 / kernels)
         default: 1.0
       metrics: [oa_mean]         # dotted paths also work, e.g. sensitivity_mean.anger
@@ -45,7 +45,7 @@ from typing import Any
 from ferpipe import config
 from ferpipe.config import ParamsError, register_section
 
-DEFAULT_TOLERANCES = {"resnet50_frozen": 0.5, "resnet50_finetune": 5.0, "default": 1.0}
+DEFAULT_TOLERANCES = {"resnet50_gap": 0.5, "resnet50_spatial": 0.5, "resnet50_finetune": 5.0, "default": 1.0}
 
 
 @register_section("gate")

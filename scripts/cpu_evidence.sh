@@ -13,6 +13,7 @@ start=$(date +%s)
 python -m ferpipe.train --params params.yaml profiles/cpu_finetune.yaml --out "$out"
 echo "== cpu_evidence: fine-tuning $(( $(date +%s) - start )) s wall"
 python -m ferpipe.evidence --finetune "$out/resnet50_finetune" --record "$out" \
-  --compare-with artifacts/train/resnet50_frozen artifacts/baselines/hwt artifacts/baselines/cso artifacts/baselines/bbo \
+  --compare-with artifacts/train/resnet50_spatial artifacts/train/resnet50_gap artifacts/baselines/nn_pixels \
+    artifacts/baselines/hwt artifacts/baselines/cso artifacts/baselines/bbo \
   --out metrics/cpu_finetune.json
 python -m ferpipe.readme

@@ -238,7 +238,7 @@ def test_a_profile_overrides_one_nested_key(tmp_path):
 
 
 def test_every_registered_method_has_the_interface():
-    assert METHODS == ("hwt", "cso", "bbo")
+    assert METHODS == ("hwt", "cso", "bbo", "nn_pixels")
     for name, mod in REGISTRY.items():
         assert mod.NAME == name and hasattr(BaselinesParams(), name)
         p = mod.Params()
@@ -383,3 +383,27 @@ def test_batch_size_does_not_change_a_single_bit(synthetic, tmp_path):
     assert len(files) == 3 * 2 * 3
     for rel in files:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+
+
+def test_nn_pixels_equals_a_brute_force_nearest_neighbour():
+    from ferpipe.baselines import nn_pixels
+    from ferpipe.baselines.base import FoldContext
+
+    rng = np.random.default_rng(5)
+    images = rng.uniform(size=(30, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 3, 30)
+    idx = np.arange(30)
+    folds = [("stratified", 1, 1, {"train": idx[:20], "val": idx[20:25], "test": idx[25:]}),
+             ("stratified", 1, 2, {"train": idx[10:], "val": idx[5:10], "test": idx[:5]})]  # fmt: skip
+    p = nn_pixels.Params(image_size=8)
+    feats = nn_pixels.features_of(images, p)
+    out = list(nn_pixels.fit_folds(feats, y, folds, p, FoldContext(3, 20, 1, [])))
+    for (_i, prob, info, _s), (*_, roles) in zip(out, folds, strict=True):
+        def unit(a):
+            a = a.reshape(-1) - a.mean()
+            return a / np.linalg.norm(a)
+
+        ref = np.concatenate([roles["train"], roles["val"]])  # reference: train+val
+        expect = [y[max(ref, key=lambda j, t=t: float(unit(images[t]) @ unit(images[j])))] for t in roles["test"]]
+        assert prob.argmax(1).tolist() == expect and np.allclose(prob.sum(1), 1)
+        assert 0 <= info["selected"]["val_accuracy"] <= 1

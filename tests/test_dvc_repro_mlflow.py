@@ -55,7 +55,7 @@ def test_dvc_repro_ends_its_parent_run(tmp_path, monkeypatch):
     assert parent.data.tags["ferpipe.last_stage"] in ("report", "final_model")
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     methods = {r.data.tags.get("method") for r in children}
-    assert {"resnet50_frozen", "hwt", "cso", "bbo"} <= methods
-    folds = [r for r in children if r.data.tags.get("method") == "resnet50_frozen" and "fold" in r.data.tags]
+    assert {"resnet50_spatial", "hwt", "cso", "bbo", "nn_pixels"} <= methods
+    folds = [r for r in children if r.data.tags.get("method") == "resnet50_spatial" and "fold" in r.data.tags]
     assert len(folds) == 20  # 1 run x 10 folds x 2 protocols (final_model adds a child of its own)
-    assert any(k.startswith("resnet50_frozen.stratified.oa") for k in parent.data.metrics)
+    assert any(k.startswith("resnet50_spatial.stratified.oa") for k in parent.data.metrics)

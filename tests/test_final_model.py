@@ -16,7 +16,7 @@ from ferpipe import final_model, foldio, ingest, serving, tracking
 from ferpipe.config import CLASSES, IngestParams
 from ferpipe.weights import random_init_state_dict, save_safetensors
 
-TINY = {"train": {"image_size": 32, "threads": 1, "batch_size": 16}, "ingest": {"image_size": 32}}
+TINY = {"train": {"image_size": 32, "threads": 1, "batch_size": 16, "taps": ["layer2:2", "layer3:2"], "spatial_image_size": 32}, "ingest": {"image_size": 32}}
 
 
 def make_workspace(root):
@@ -61,8 +61,8 @@ def test_fuse_head_equals_standardise_project_logreg():
 
 
 def write_fold(d, protocol, run, fold, **selected):
-    r = foldio.FoldResult("resnet50_frozen", protocol, run, fold, "h", ["a.png"], [0], [0], extra={"selected": selected})
-    foldio.save_fold(d / "resnet50_frozen", r)
+    r = foldio.FoldResult("resnet50_spatial", protocol, run, fold, "h", ["a.png"], [0], [0], extra={"selected": selected})
+    foldio.save_fold(d / "resnet50_spatial", r)
 
 
 def test_choose_c_most_frequent_protocol_then_fallbacks(tmp_path):
@@ -71,12 +71,12 @@ def test_choose_c_most_frequent_protocol_then_fallbacks(tmp_path):
     for k, c in enumerate([0.01, 0.1, 0.01, 0.1]):  # tie: the smaller C wins
         write_fold(tmp_path, "subject", 1, k + 1, C=c)
     fp = final_model.FinalModelParams
-    assert final_model.choose_c(tmp_path, "resnet50_frozen", fp(c_source="subject"))[0] == 0.01
-    assert final_model.choose_c(tmp_path, "resnet50_frozen", fp(c_source="stratified"))[0] == 1.0
-    c, info = final_model.choose_c(tmp_path, "resnet50_frozen", fp(c_source="any"))
+    assert final_model.choose_c(tmp_path, "resnet50_spatial", fp(c_source="subject"))[0] == 0.01
+    assert final_model.choose_c(tmp_path, "resnet50_spatial", fp(c_source="stratified"))[0] == 1.0
+    c, info = final_model.choose_c(tmp_path, "resnet50_spatial", fp(c_source="any"))
     assert c == 0.1 and info["counts"] == {"0.01": 2, "0.1": 3, "1.0": 2}
-    assert final_model.choose_c(tmp_path, "resnet50_frozen", fp(c_source="params", head_c=3.0))[0] == 3.0
-    c, info = final_model.choose_c(tmp_path / "none", "resnet50_frozen", fp(head_c=0.2))
+    assert final_model.choose_c(tmp_path, "resnet50_spatial", fp(c_source="params", head_c=3.0))[0] == 3.0
+    c, info = final_model.choose_c(tmp_path / "none", "resnet50_spatial", fp(head_c=0.2))
     assert c == 0.2 and info["source"].startswith("params")
 
 
@@ -88,12 +88,13 @@ def test_stage_writes_one_fused_module_that_matches_the_head(ws, tmp_path):
     assert s["C"] == 0.5 and s["choice"]["source"] == "folds:subject"
     assert s["fusion_max_abs_diff"] < 1e-4 and s["end_to_end_check"]["max_abs_diff_vs_head"] < 1e-3
     assert sorted(p.name for p in out.iterdir()) == ["final_model_summary.json", "model.json", "model.safetensors", "run.json"]
+    assert s["ood"] == {"calibrated": False, "why": "no split plan given (--plan): predictions carry no OOD flag"}
     assert "timings_s" not in s or "timings_s" not in json.loads((out / "final_model_summary.json").read_text())
     meta = json.loads((out / "model.json").read_text())
     assert meta["classes"] == list(CLASSES) and meta["image_size"] == 32 and meta["flip_tta"] == "prob"
     assert meta["preprocessing"]["face_crop"] == "none" and meta["preprocessing"]["grayscale"] is True
     net, _ = serving.load_net(out)
-    assert isinstance(net.head, torch.nn.Linear) and net.head.weight.shape == (len(CLASSES), 2048)
+    assert isinstance(net.head, torch.nn.Linear) and net.head.weight.shape == (len(CLASSES), 512 * 4 + 1024 * 4)  # layer2:2 + layer3:2
     with torch.no_grad():
         p = net(torch.rand(3, 3, 32, 32))
     assert torch.allclose(p.sum(1), torch.ones(3), atol=1e-5)
@@ -127,7 +128,7 @@ def test_finetune_mode_reuses_train_and_saves_logit_tta(ws, tmp_path):
     manifest = data.read_manifest(ws / "ing" / "manifest.csv")
     images = data.load_images_uint8(manifest, ws / "ing", 32)
     idx = np.arange(6)
-    p = TrainParams(image_size=32, batch_size=4, precision="fp32")
+    p = TrainParams(image_size=32, batch_size=4, precision="fp32", taps=["layer2:2", "layer3:2"], spatial_image_size=32)
     fold_probs, _ = finetune.evaluate(model, images, data.labels_of(manifest), idx, p, torch.device("cpu"), None, len(CLASSES))
     files = [str(ws / "ing" / manifest["path"][i]) for i in idx]
     assert predict.main([*files, "--model", str(tmp_path / "ft"), "--csv", str(tmp_path / "p.csv"), "--quiet",
@@ -188,3 +189,29 @@ def test_cli_bad_param_names_the_key(ws, tmp_path, capsys):
                            "--params", str(REPO / "params.yaml")])  # fmt: skip
     assert rc == 2 and "manifest not found" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_predict_gives_the_fold_codes_probabilities_for_the_spatial_head(ws, tmp_path):
+    """The served spatial model == the fold code (ferpipe.features taps + ferpipe.heads) on the same images."""
+    from scipy.special import softmax
+
+    from ferpipe import data, features, heads, predict
+    from ferpipe.model import build_resnet50
+    from safetensors.torch import load_file
+
+    out = tmp_path / "final"
+    s = final_model.run_stage(ws / "ing" / "manifest.csv", ws / "w.safetensors", out, raw_params(), None, None)
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["method"] == "resnet50_spatial" and meta["taps"] == ["layer2:2", "layer3:2"]
+    manifest = data.read_manifest(ws / "ing" / "manifest.csv")
+    y = data.labels_of(manifest)
+    images = data.load_images_uint8(manifest, ws / "ing", 32)
+    backbone = build_resnet50(1000, "v1")
+    backbone.load_state_dict(load_file(str(ws / "w.safetensors")))
+    feats = features.extract_features(backbone, images, 16, True, torch.device("cpu"), None, meta["taps"])
+    space, coef, intercept, _ = heads.fit_head(np.concatenate(list(feats)), np.tile(y, 2), s["C"], len(CLASSES))
+    fold_code = np.mean([softmax(space(feats[v]) @ coef + intercept, axis=1) for v in range(2)], axis=0)
+    files = [str(ws / "ing" / p) for p in manifest["path"][:6]]
+    assert predict.main([*files, "--model", str(out), "--csv", str(tmp_path / "p.csv"), "--quiet", "--no-face-check"]) == 0
+    served = pd.read_csv(tmp_path / "p.csv")[list(CLASSES)].to_numpy()
+    assert np.abs(served - fold_code[:6]).max() < 1e-4

@@ -34,7 +34,8 @@ def params(tmp_path, dataset, classes="auto"):
         ingest={"image_size": 32},
         validate={"require_subject": False},
         split={"protocols": ["stratified"], "n_runs": 2, "n_groups": 3, "seed": 3},
-        train={"image_size": 32, "threads": 1, "batch_size": 16, "head_c_grid": [1.0], "log_mlflow": False},
+        train={"image_size": 32, "threads": 1, "batch_size": 16, "head_c_grid": [1.0], "log_mlflow": False,
+               "taps": ["layer2:2", "layer3:2"], "spatial_image_size": 32},
         baselines={"methods": ["hwt"], "threads": 1, "hwt": {"image_size": 32, "c_grid": [1.0]}},
         final_model={"log_mlflow": False, "c_source": "any"},
     )
@@ -76,19 +77,19 @@ def test_every_stage_carries_the_datasets_classes(tmp_path, labels, expected):
     root, pred = run_pipeline(tmp_path, list(reversed(labels)))  # folder order must not matter
     assert json.loads((root / "ing" / "classes.json").read_text())["classes"] == expected  # paper order, extras after
     assert json.loads((root / "val" / "validation.json").read_text())["classes"] == expected
-    fold = json.loads(next((root / "train" / "resnet50_frozen" / "stratified").glob("*.json")).read_text())
+    fold = json.loads(next((root / "train" / "resnet50_spatial" / "stratified").glob("*.json")).read_text())
     assert fold["classes"] == expected and len(fold["confusion_matrix"]) == len(expected)
     assert len(fold["probabilities"][0]) == len(expected)
-    summary = json.loads((root / "agg" / "resnet50_frozen" / "stratified" / "summary.json").read_text())
+    summary = json.loads((root / "agg" / "resnet50_spatial" / "stratified" / "summary.json").read_text())
     assert summary["classes"] == expected and len(summary["grand_matrix"]) == len(expected)
-    table1 = pd.read_csv(root / "agg" / "resnet50_frozen" / "stratified" / "table1_sensitivity.csv")
+    table1 = pd.read_csv(root / "agg" / "resnet50_spatial" / "stratified" / "table1_sensitivity.csv")
     assert list(table1.columns) == ["run", *expected]
-    grand = pd.read_csv(root / "agg" / "resnet50_frozen" / "stratified" / "grand_confusion_matrix.csv", index_col=0)
+    grand = pd.read_csv(root / "agg" / "resnet50_spatial" / "stratified" / "grand_confusion_matrix.csv", index_col=0)
     assert list(grand.columns) == expected and list(grand.index) == expected
     hwt = json.loads(next((root / "bl" / "hwt" / "stratified").glob("*.json")).read_text())
     assert hwt["classes"] == expected and len(hwt["probabilities"][0]) == len(expected)
     cmp = json.loads((root / "cmp" / "compare.json").read_text())["stratified"]
-    assert {row["method"] for row in cmp["methods"]} == {"hwt", "resnet50_frozen"}
+    assert {row["method"] for row in cmp["methods"]} == {"hwt", "resnet50_gap", "resnet50_spatial"}
     assert cmp["classes"] == expected and cmp["published_comparable"] is False
     assert all(row["published_oa"] is None for row in cmp["methods"])  # the paper's numbers are for its 7 classes
     md = (root / "rep" / "report.md").read_text()

@@ -29,7 +29,7 @@ def model_dir(tmp_path_factory):
             make_image(root / "raw" / f"{subj}.{code}1.{i}.tiff", seed=i, size=40)
     ingest.ingest(root / "raw", root / "ing", IngestParams(image_size=32))
     save_safetensors(random_init_state_dict(), root / "w.safetensors")
-    raw = {"train": {"image_size": 32, "threads": 1}, "ingest": {"image_size": 32}, "final_model": {"log_mlflow": False}}
+    raw = {"train": {"image_size": 32, "threads": 1, "taps": ["layer2:2", "layer3:2"], "spatial_image_size": 32}, "ingest": {"image_size": 32}, "final_model": {"log_mlflow": False}}
     final_model.run_stage(root / "ing" / "manifest.csv", root / "w.safetensors", root / "model", raw, None, None)
     return root / "model"
 

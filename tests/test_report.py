@@ -50,7 +50,7 @@ def inputs(tmp_path_factory):
     (root / "train_summary.json").write_text(json.dumps({
         "method": "resnet50_frozen", "config_hash": "abc123", "config": {"mode": "frozen"},
         "n_computed": 12, "n_resumed": 0, "timings_s": {"features_s": 1.5, "total_s": 3.0}}))  # fmt: skip
-    write_params(root / "params.yaml", train={"mode": "frozen", "image_size": 32}, split={"n_runs": 2})
+    write_params(root / "params.yaml", train={"mode": "frozen", "image_size": 32, "taps": ["layer2:2", "layer3:2"], "spatial_image_size": 32}, split={"n_runs": 2})
     return root
 
 

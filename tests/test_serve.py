@@ -113,7 +113,7 @@ def registered(tmp_path_factory):
     os.environ.update(env)
     os.environ.pop(tracking.PARENT_ENV, None)
     try:
-        raw = {"train": {"image_size": 32, "threads": 1}, "ingest": {"image_size": 32},
+        raw = {"train": {"image_size": 32, "threads": 1, "taps": ["layer2:2", "layer3:2"], "spatial_image_size": 32}, "ingest": {"image_size": 32},
                "final_model": {"registered_model_name": "fer-serve", "alias": "champion"}}  # fmt: skip
         s = final_model.run_stage(root / "ing" / "manifest.csv", root / "w.safetensors", root / "final", raw, None, None,
                                   root / "plan.csv")  # fmt: skip

@@ -10,12 +10,11 @@ import json
 
 import numpy as np
 import pytest
+from conftest import SHARED_JAFFE, jaffe_available
 from PIL import Image
 
 from ferpipe import ood, rest, serving
 from ferpipe.imaging import FaceCropper
-
-from conftest import SHARED_JAFFE, jaffe_available
 
 
 def jaffe_gray(n: int) -> list[np.ndarray]:

@@ -31,7 +31,8 @@ def workspace(tmp_path_factory):
 
 
 def params(**kw):
-    base = dict(image_size=32, threads=1, batch_size=16, head_c_grid=[0.1, 1.0], log_mlflow=False)
+    base = dict(image_size=32, threads=1, batch_size=16, head_c_grid=[0.1, 1.0], log_mlflow=False,
+                taps=["layer2:2", "layer3:2"], spatial_image_size=32)
     base.update(kw)
     return train.TrainParams(**base)
 
@@ -40,15 +41,17 @@ def run(ws, out, **kw):
     return train.run_training(ws / "ing" / "manifest.csv", ws / "plan.csv", ws / "w.safetensors", out, params(**kw))
 
 
-def fold_files(d):
-    return sorted((d / "resnet50_frozen").glob("*/run*_fold*.json"))
+def fold_files(d, method="resnet50_spatial"):
+    return sorted((d / method).glob("*/run*_fold*.json"))
 
 
-def test_frozen_writes_every_fold_and_is_deterministic(workspace, tmp_path):
+def test_frozen_writes_every_fold_of_both_heads_and_is_deterministic(workspace, tmp_path):
     s = run(workspace, tmp_path / "a")
-    assert s["n_folds"] == 2 * 2 * 3 and s["run"]["n_computed"] == 12
+    assert s["methods"] == ["resnet50_gap", "resnet50_spatial"]
+    assert s["n_folds"] == 2 * 2 * 2 * 3 and s["run"]["n_computed"] == 24
     files = fold_files(tmp_path / "a")
-    assert len(files) == 12
+    assert len(files) == 12 and len(fold_files(tmp_path / "a", "resnet50_gap")) == 12
+    assert s["inputs"]["resnet50_spatial"] == {"image_size": 32, "taps": ["layer2:2", "layer3:2"]}
     r = foldio.load_fold(files[0])
     assert r.confusion_matrix.sum() == len(r.images) and r.extra["selected"]["C"] in (0.1, 1.0)
     assert np.allclose(np.sum(r.probabilities, axis=1), 1, atol=1e-4)
@@ -62,11 +65,11 @@ def test_resume_skips_finished_folds_and_matches_uninterrupted(workspace, tmp_pa
     full = run(workspace, tmp_path / "full")
     # an interrupted run: only run 1 finished, plus a half-written temp file left behind
     part = run(workspace, tmp_path / "part", max_runs=1)
-    assert part["run"]["n_computed"] == 6
-    leftover = tmp_path / "part" / "resnet50_frozen" / "stratified" / ".run02_fold01.json.x.tmp"
+    assert part["run"]["n_computed"] == 12
+    leftover = tmp_path / "part" / "resnet50_spatial" / "stratified" / ".run02_fold01.json.x.tmp"
     leftover.write_text("{half")
     resumed = run(workspace, tmp_path / "part")
-    assert resumed["run"]["n_resumed"] == 6 and resumed["run"]["n_computed"] == 6
+    assert resumed["run"]["n_resumed"] == 12 and resumed["run"]["n_computed"] == 12
     assert resumed["config_hash"] == full["config_hash"]
     for fa, fb in zip(fold_files(tmp_path / "full"), fold_files(tmp_path / "part"), strict=True):
         assert json.loads(fa.read_text())["y_pred"] == json.loads(fb.read_text())["y_pred"]
@@ -75,13 +78,19 @@ def test_resume_skips_finished_folds_and_matches_uninterrupted(workspace, tmp_pa
 def test_changed_config_recomputes(workspace, tmp_path):
     run(workspace, tmp_path / "c", max_runs=1)
     s = run(workspace, tmp_path / "c", max_runs=1, head_c_grid=[0.5])
-    assert s["run"]["n_computed"] == 6 and s["run"]["n_resumed"] == 0
+    assert s["run"]["n_computed"] == 12 and s["run"]["n_resumed"] == 0
+
+
+def test_changed_taps_recompute_the_spatial_head_only(workspace, tmp_path):
+    run(workspace, tmp_path / "t", max_runs=1)
+    s = run(workspace, tmp_path / "t", max_runs=1, taps=["layer2:4"])
+    assert s["run"]["n_computed"] == 6 and s["run"]["n_resumed"] == 6  # the paper's head is unchanged
 
 
 def test_corrupt_fold_file_is_recomputed_not_trusted(workspace, tmp_path):
     run(workspace, tmp_path / "d", max_runs=1)
     f = fold_files(tmp_path / "d")[0]
-    f.write_text('{"method": "resnet50_frozen"')
+    f.write_text('{"method": "resnet50_spatial"')
     s = run(workspace, tmp_path / "d", max_runs=1)
     assert s["run"]["n_computed"] == 1
 
@@ -135,7 +144,7 @@ def test_mlflow_parent_and_children(workspace, tmp_path, monkeypatch):
     exp = client.get_experiment_by_name(os.environ.get("FERPIPE_MLFLOW_EXPERIMENT", "ferpipe"))
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent]
-    assert len(children) == 6
+    assert len(children) == 12
     assert {(r.data.tags["protocol"], r.data.tags["run"]) for r in children} == {("stratified", "1"), ("subject", "1")}
     assert all("test_accuracy" in r.data.metrics and "confusion_matrix" in r.data.tags for r in children)
     p = client.get_run(parent)

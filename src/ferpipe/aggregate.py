@@ -1,8 +1,11 @@
 """aggregate stage: fold results -> the paper's Tables 1 and 2, plots and metrics.json.
 
-For every method folder (resnet50_frozen, hwt, ...) and protocol found under the
+For every method folder (resnet50_gap, hwt, ...) and protocol found under the
 results folders: H(r) = sum of the run's test-fold matrices, OA and per-class
-sensitivity per run, mean ± sample std over runs, and the grand matrix.
+sensitivity per run, mean ± sample std over runs, and the grand matrix. With ``--audit``
+(the split stage's protocol audit), also each method's accuracy on the test images that
+have a sibling (same subject, same expression) in their fold's training images and on
+those that have none (``acc_with_sibling`` / ``acc_without_sibling`` in metrics.json).
 
     python -m ferpipe.aggregate --results artifacts/train artifacts/baselines \\
         --out artifacts/aggregate --metrics metrics/metrics.json
@@ -17,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import config, cv, tracking
+from . import audit, config, cv, tracking
 from .foldio import check_complete, group_by_run, load_results
 from .io import write_json, write_text, write_with
 from .metrics import UNDERFIT_BELOW, pm, run_matrix, summarize
@@ -121,16 +124,47 @@ def plots(s: dict, out: Path, title: str) -> None:
     plt.close(fig)
 
 
-def aggregate(results_dirs: list[Path], out: Path, metrics_path: Path, make_plots: bool = True) -> dict:
+def audit_markdown(index: list, audit_table) -> list[str]:
+    """The protocol audit beside every method's accuracy: how much of each OA is memorisation."""
+    if audit_table is None:
+        return []
+    md = ["## What each protocol measures (protocol audit)", ""]
+    for protocol, a in audit.shares(audit_table).items():
+        share = a["sibling_in_train_share"]
+        if share is None:
+            md += [f"- {protocol}: {a['why_unknown']}.", ""]
+            continue
+        md += [f"**{protocol}**: {100 * share:.1f} % of test images have a sibling (same subject, same expression) "
+               f"in their fold's training images; {100 * a['subject_in_train_share']:.1f} % have the same subject.", "",
+               "| method | OA (%) | accuracy, test images with a sibling in training (%) | without (%) |",
+               "|---|---|---|---|"]  # fmt: skip
+        for m, p, s in index:
+            if p == protocol and s.get("protocol_audit"):
+                w, wo = s["protocol_audit"]["with_sibling"], s["protocol_audit"]["without_sibling"]
+                cell = lambda d: "—" if d["accuracy"] is None else f"{d['accuracy']:.2f} (n={d['n']})"  # noqa: E731
+                md.append(f"| {m} | {s['oa_mean']:.2f} | {cell(w)} | {cell(wo)} |")
+        md += ["", "(nn_pixels also compares with the validation group, so its 'without' column holds images whose "
+               "sibling sits in the validation group.)", ""]
+    return md
+
+
+def aggregate(results_dirs: list[Path], out: Path, metrics_path: Path, make_plots: bool = True,
+              audit_path: Path | None = None) -> dict:  # fmt: skip
     found = collect(results_dirs)
     if not found:
         raise FileNotFoundError(f"no fold results under {[str(d) for d in results_dirs]}")
+    audit_table = audit.read_audit(audit_path) if audit_path else None
     metrics, index = {}, []
     for (method, protocol), by_run in sorted(found.items()):
         check_complete(method, protocol, by_run)
         run_classes = next(iter(by_run.values()))[0].classes
         s = summarize({r: run_matrix(f.confusion_matrix for f in fs) for r, fs in by_run.items()}, run_classes)
         s.update(fold_statistics(by_run))
+        if audit_table is not None:
+            by_sibling = audit.accuracy_by_sibling([f for fs in by_run.values() for f in fs],
+                                                   audit_table[audit_table["protocol"] == protocol])  # fmt: skip
+            if by_sibling is not None:
+                s["protocol_audit"] = by_sibling
         fit = [f.extra.get("selected", {}).get("train_accuracy") for fs in by_run.values() for f in fs]
         fit = [v for v in fit if isinstance(v, int | float)]
         if fit:  # a model that does not fit its own training set is under-trained, not weak by nature
@@ -173,12 +207,14 @@ def aggregate(results_dirs: list[Path], out: Path, metrics_path: Path, make_plot
             "oa_mean": round(s["oa_mean"], 4), "oa_std": round(s["oa_std"], 4),
             "n_runs": len(s["runs"]),
             "sensitivity_mean": {c: round(v, 4) for c, v in s["sensitivity_mean"].items()},
+            **{f"acc_{k}": v["accuracy"] for k, v in (s.get("protocol_audit") or {}).items() if v["accuracy"] is not None},
         }  # fmt: skip
         index.append((method, protocol, s))
     md = ["# Results (paper Tables 1 and 2 format)", ""]
     md += ["| method | protocol | OA mean ± std (%) | runs |", "|---|---|---|---|"]
     md += [f"| {m} | {p} | {pm(s['oa_mean'], s['oa_std'])} | {len(s['runs'])} |" for m, p, s in index]
     md.append("")
+    md += audit_markdown(index, audit_table)
     for m, p, _ in index:
         md.append((out / m / p / "tables.md").read_text())
     write_text(out / "results.md", "\n".join(md))
@@ -206,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--metrics", type=Path, default=config.METRICS_DIR / "metrics.json",
                     help="small metrics JSON committed to git for `dvc metrics diff` and the CI gate")
     ap.add_argument("--no-plots", action="store_true", help="skip the PNG plots (faster)")
+    ap.add_argument("--audit", type=Path, help="the split stage's protocol_audit.csv: accuracy on test images "
+                    "with and without a sibling in training, per method")
     ap.add_argument("--mlflow-record", type=Path,
                     help="the MLflow parent record (default: the first mlflow.json among the --results folders, "
                     "as the train stage writes it); final metrics and the baselines' fold runs go there")
@@ -219,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with tracking.stage_status(parent, "aggregate") as status:
         try:
-            metrics = aggregate(args.results, args.out, args.metrics, make_plots=not args.no_plots)
+            metrics = aggregate(args.results, args.out, args.metrics, make_plots=not args.no_plots,
+                                audit_path=args.audit)
         except (FileNotFoundError, ValueError) as exc:
             print(f"aggregate: error: {exc}", file=sys.stderr)
             status.fail()

@@ -2,6 +2,7 @@
 
     ferpipe run                 # the whole DAG (dvc repro), then the paper-style tables
     ferpipe predict photos/     # = python -m ferpipe.predict photos/
+    ferpipe serve --port 5001   # = python -m ferpipe.rest: the REST front door
     ferpipe report --help       # any stage: ferpipe <stage> [its flags]
 
 Each subcommand is the stage module's own ``main()`` (the same flags as
@@ -20,7 +21,7 @@ COMMANDS = {
     "weights": "ferpipe.weights", "train": "ferpipe.train", "baselines": "ferpipe.baselines.stage",
     "aggregate": "ferpipe.aggregate", "compare": "ferpipe.compare", "final-model": "ferpipe.final_model",
     "report": "ferpipe.report", "predict": "ferpipe.predict", "readme": "ferpipe.readme",
-    "evidence": "ferpipe.evidence",
+    "evidence": "ferpipe.evidence", "serve": "ferpipe.rest",
 }  # fmt: skip
 
 

@@ -105,9 +105,32 @@ def compare_pair(ra: dict, rb: dict) -> dict:
     return res
 
 
+FLOOR = "nn_pixels"  # the memorisation floor (ferpipe.baselines.nn_pixels)
+
+
 def order(methods) -> list[str]:
-    rank = {"hwt": 0, "cso": 1, "bbo": 2}
-    return sorted(methods, key=lambda m: (rank.get(m, 3), m))
+    rank = {"hwt": 0, "cso": 1, "bbo": 2, FLOOR: 3}
+    return sorted(methods, key=lambda m: (rank.get(m, 4), m))
+
+
+def pairs(methods) -> list[tuple[str, str]]:
+    """Which comparisons are tested: every ResNet-50 method against every other method (the
+    baselines, the floor and the other ResNet-50 heads), and every baseline against the floor."""
+    resnet = [m for m in methods if m.startswith("resnet50")]
+    out = [(a, b) for a in resnet for b in order(methods) if b != a and not (b.startswith("resnet50") and b < a)]
+    if FLOOR in methods:
+        out += [(m, FLOOR) for m in order(methods) if m != FLOOR and not m.startswith("resnet50")]
+    return out
+
+
+def not_above_floor(tests: dict) -> list[str]:
+    """Methods not significantly above the memorisation floor (corrected test)."""
+    out = []
+    for name, t in tests.items():
+        a, _, b = name.partition(" vs ")
+        if b == FLOOR and not (t.get("corrected_p") is not None and t["corrected_p"] < 0.05 and t["mean_difference"] > 0):
+            out.append(a)
+    return out
 
 
 def compare(agg: Path) -> dict:
@@ -126,13 +149,7 @@ def compare(agg: Path) -> dict:
             rows.append({"method": m, "oa_mean": s["oa_mean"], "oa_std": s["oa_std"], "n_runs": len(s["runs"]),
                          "published_oa": pub[0] if pub else None, "published_std": pub[1] if pub else None,
                          "sensitivity_mean": s["sensitivity_mean"], "training_accuracy": s.get("training_accuracy")})  # fmt: skip
-        tests = {}
-        for m in by_method:
-            if not m.startswith("resnet50"):
-                continue
-            for b in by_method:
-                if not b.startswith("resnet50"):
-                    tests[f"{m} vs {b}"] = compare_pair(by_method[m], by_method[b])
+        tests = {f"{a} vs {b}": compare_pair(by_method[a], by_method[b]) for a, b in pairs(by_method)}
         warnings = [f"Under-trained: {row['method']} reaches a training accuracy below {ta['threshold']} in "
                     f"{ta['n_folds_below']}/{ta['of']} folds (mean {ta['mean']:.3f}): its network does not fit its "
                     "own training set, so its OA is a floor for the method, not its measure (too small an optimiser "
@@ -140,6 +157,7 @@ def compare(agg: Path) -> dict:
                     for row in rows if (ta := row.get("training_accuracy") or {}).get("n_folds_below")]  # fmt: skip
         groupings = {len(set(v["grouping_per_run"])) for v in by_method.values() if "grouping_per_run" in v}
         result[protocol] = {"methods": rows, "paired_tests": tests, "classes": list(run_classes),
+                            "not_above_floor": not_above_floor(tests) if FLOOR in by_method else None,
                             "published_comparable": comparable, "warnings": warnings,
                             "n_distinct_groupings": max(groupings) if groupings else None}  # fmt: skip
     return result
@@ -165,12 +183,19 @@ def markdown(result: dict) -> str:
             lines.append(f"| {row['method']} | {pub} | {pm(row['oa_mean'], row['oa_std'])} | {row['n_runs']} | {sens} |")
         for warning in r.get("warnings", []):
             lines += ["", f"**{warning}**"]
+        floor = r.get("not_above_floor")
+        if floor is not None:
+            lines += ["", f"**Memorisation floor** ({FLOOR}: 1-nearest-neighbour on raw pixels, which learns no "
+                      "expression): " + (f"not significantly above it on this protocol (corrected t-test): "
+                                         f"{', '.join(floor)}. Their OA here measures recognising people's photos "
+                                         "as much as reading expressions." if floor else
+                                         "every method is significantly above it (corrected t-test).")]  # fmt: skip
         n_runs = max((row["n_runs"] for row in r["methods"]), default=0)
         k = r.get("n_distinct_groupings")
         lines += ["", f"Runs: {n_runs}; distinct groupings of the images into test groups: {k if k else 'unknown'}"
                   + (" (the runs repeat one split: only the validation group differs, so the ± over runs is not "
                      "a resampling spread, and the tests below count that split once)" if k and k < n_runs else ""),
-                  "", "Tests, ResNet-50 minus baseline, on the same splits. **Decisive: the corrected resampled "
+                  "", "Tests, first method minus second, on the same splits. **Decisive: the corrected resampled "
                   "t-test** (Nadeau & Bengio 2003) over the per-fold differences of the distinct groupings; the plain "
                   "paired t and Wilcoxon over runs treat runs as independent and are optimistic.", "",
                   "| comparison | mean OA difference (pp) | distinct groupings (folds) | corrected t p | verdict | "

@@ -13,7 +13,7 @@ methods to compare with (the frozen head in ``artifacts/train``, the baselines i
 - provenance: git commit, data hash, the resolved train config, CPU, wall time.
 
     python -m ferpipe.evidence --finetune artifacts/cpu_finetune/resnet50_finetune \\
-        --compare-with artifacts/train/resnet50_frozen artifacts/baselines/hwt \\
+        --compare-with artifacts/train/resnet50_gap artifacts/baselines/hwt \\
         --record artifacts/cpu_finetune --out metrics/cpu_finetune.json
 """
 

@@ -3,8 +3,10 @@
 The cross-validation stages measure the method; this stage builds the model a user runs
 (``ferpipe.predict``, ``mlflow models serve``). Mode = ``train.mode``:
 
-- frozen: ImageNet backbone features of every image and its horizontal flip (fp32, the
-  precision the model serves in), standardised, a multinomial logistic-regression head
+- frozen: the served method's (``resnet50_spatial``: ``train.taps``) backbone features of
+  every image and its horizontal flip, read from the train stage's cache (both stages compute
+  them in ``train.feature_precision``, fp32 by default: the precision the model serves in),
+  standardised, a multinomial logistic-regression head
   with C = the value the folds of ``final_model.c_source`` selected most often (ties: the
   smaller C) or ``final_model.head_c`` when no fold results exist. The standardisation,
   the row-space projection and the head are folded into ONE ``nn.Linear``, so inference
@@ -43,7 +45,14 @@ import torch
 
 from . import classes, config, cv, data, finetune, heads, ood, tracking
 from .config import IngestParams, ParamsError, register_section
-from .features import CACHE_NAME, cached_features, extract_features, run_identity
+from .features import (
+    GAP_TAPS,
+    cache_path,
+    cached_features,
+    extract_features,
+    run_identity,
+    split_taps,
+)
 from .io import sha256_file, swap_dir, temp_dir_beside, write_json, write_run_record
 from .serving import FACE_CROPS, FerNet, save_model
 from .train_params import TrainParams, resolve_runtime
@@ -65,7 +74,6 @@ class FinalModelParams:
     # params = always head_c). head_c is also the fallback when no fold results exist.
     c_source: str = "subject"
     head_c: float = 0.1
-    precision: str = "fp32"  # feature precision when fitting the frozen head: fp32 (= serving) | auto
     log_mlflow: bool = True
     register: bool = True  # register the logged model and point the alias at it
     input_example: bool = True  # log a small generated example (MLflow runs the model once on it)
@@ -75,8 +83,6 @@ class FinalModelParams:
             raise ParamsError(f"params.yaml: final_model.c_source: expected one of {C_SOURCES}, got {self.c_source!r}")
         if self.head_c <= 0:
             raise ParamsError(f"params.yaml: final_model.head_c: expected a positive number, got {self.head_c}")
-        if self.precision not in ("fp32", "auto"):
-            raise ParamsError(f"params.yaml: final_model.precision: expected fp32 or auto, got {self.precision!r}")
         if not self.registered_model_name.strip():
             raise ParamsError("params.yaml: final_model.registered_model_name: must not be empty")
 
@@ -125,7 +131,7 @@ def choose_epochs(train_dir: Path | None, method: str, fp: FinalModelParams, p: 
 # ---------------------------------------------------------------- the two modes
 def fuse_head(coef: np.ndarray, intercept: np.ndarray, basis: np.ndarray, mu: np.ndarray, sd: np.ndarray):
     """logits = (((f - mu) / sd) @ basis) @ coef.T + intercept, as one affine map of f."""
-    a = basis @ coef.T  # (2048, n_classes)
+    a = basis @ coef.T  # (d, n_classes)
     weight = (a / sd[:, None]).T
     bias = intercept - (mu / sd) @ a
     return weight, bias
@@ -169,16 +175,20 @@ def fit_frozen(net: FerNet, feats: np.ndarray, y: np.ndarray, p: TrainParams, c:
 
 def frozen_features(net: FerNet, images: torch.Tensor, p: TrainParams, key: dict, train_dir: Path | None,
                     device, dtype) -> np.ndarray:  # fmt: skip
-    """The backbone features, read from the train stage's cache when it holds exactly these
-    (same weights, images, precision, threads, torch); computed otherwise (never written there:
-    that folder is the train stage's output)."""
+    """The served head's features, read from the train stage's cache when it holds exactly these
+    (same weights, images, precision, threads, torch, taps); computed otherwise (never written
+    there: that folder is the train stage's output). The cache holds every frozen method's taps."""
+    size = images.shape[-1]
+    taps = p.taps_by_size().get(size, net.taps)  # the cache of this input size holds these taps
+
     def compute():
-        feats = extract_features(net.backbone, images, p.batch_size, p.flip_features, device, dtype)
+        feats = extract_features(net.backbone, images, p.batch_size, p.flip_features, device, dtype, taps)
         net.to("cpu")
         return feats
 
-    cache = Path(train_dir) / CACHE_NAME if train_dir is not None else None
-    return cached_features(cache, key, compute, write=False)
+    cache = cache_path(train_dir, size) if train_dir is not None else None
+    feats = cached_features(cache, {**key, "image_size": size, "taps": taps}, compute, write=False)
+    return split_taps(feats, taps, net.taps)
 
 
 def fit_finetune(net: FerNet, images: torch.Tensor, y: np.ndarray, p: TrainParams, pretrained: dict,
@@ -206,7 +216,7 @@ def ood_reference(net: FerNet, images: torch.Tensor, feats: np.ndarray | None, m
     if plan is None:
         return None, {"calibrated": False, "why": "no split plan given (--plan): predictions carry no OOD flag"}
     if feats is None:  # fine-tuned backbone: its own features
-        feats = extract_features(net.backbone, images, p.batch_size, False, torch.device("cpu"), None)
+        feats = extract_features(net.backbone, images, p.batch_size, False, torch.device("cpu"), None, net.taps)
         net.to("cpu")
     f0 = np.asarray(feats[0], dtype=np.float32)
     folds, _ = cv.plan_folds(plan, manifest)
@@ -220,8 +230,8 @@ def build_final_model(manifest_path: Path, weights: Path, out: Path, p: TrainPar
     """Train on every manifest image; write the model folder into a temp dir, return (tmp, summary)."""
     t_start = time.time()
     timings: dict[str, float] = {}
-    if p.mode == "frozen":
-        p = dataclasses.replace(p, precision=fp.precision)
+    if p.mode == "frozen":  # the train stage's feature precision: its cache is reused
+        p = dataclasses.replace(p, precision=p.feature_precision)
     device, dtype = resolve_runtime(p)
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
     manifest = data.read_manifest(manifest_path)
@@ -231,14 +241,16 @@ def build_final_model(manifest_path: Path, weights: Path, out: Path, p: TrainPar
         raise FileNotFoundError(f"{weights}: weights not found (run the weights stage)")
     weights_sha, manifest_sha = sha256_file(weights), sha256_file(manifest_path)
     t0 = time.time()
-    images = data.load_images_uint8(manifest, manifest_path.parent, p.image_size)
+    # the served method's input: resnet50_spatial reads spatial_image_size images (frozen mode)
+    size, taps = p.input_of(p.method) if p.mode == "frozen" else (p.image_size, GAP_TAPS)
+    images = data.load_images_uint8(manifest, manifest_path.parent, size)
     timings["load_images_s"] = time.time() - t0
     from safetensors.torch import load_file
 
     pretrained = load_file(str(weights))
     flip_tta = ("prob" if p.flip_features else "none") if p.mode == "frozen" else "logit"
     torch.manual_seed(p.seed)
-    net = FerNet(len(run_classes), p.stride_layout, flip_tta)
+    net = FerNet(len(run_classes), p.stride_layout, flip_tta, taps)
     net.backbone.load_state_dict({k: v for k, v in pretrained.items() if not k.startswith("fc.")}, strict=True)
     choice: dict[str, Any]
     if p.mode == "frozen":
@@ -273,9 +285,10 @@ def build_final_model(manifest_path: Path, weights: Path, out: Path, p: TrainPar
     meta = {
         "method": p.method,
         "mode": p.mode,
-        "image_size": p.image_size,
+        "image_size": size,
         "stride_layout": p.stride_layout,
         "flip_tta": flip_tta,
+        "taps": list(net.taps),
         "input": "float RGB in [0, 1], shape (N, 3, image_size, image_size); the module normalises",
         "output": "class probabilities (N, n_classes), classes in 'classes' order",
         "preprocessing": {
@@ -386,7 +399,7 @@ def log_to_mlflow(model_dir: Path, meta: dict, summary: dict, fp: FinalModelPara
         code = Path(tmp) / "code" / "ferpipe"  # the package snapshot that serves the model
         shutil.copytree(pkg, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         flat = tracking._flatten({"final_model": dataclasses.asdict(fp), "model": {k: meta[k] for k in (
-            "method", "image_size", "stride_layout", "flip_tta")}, "preprocessing": {
+            "method", "image_size", "stride_layout", "flip_tta", "taps")}, "preprocessing": {
             k: v for k, v in meta["preprocessing"].items() if k in ("grayscale", "face_crop", "face_margin",
                                                                    "ingest_image_size")}})  # fmt: skip
         if "C" in summary:

@@ -20,7 +20,7 @@ import dataclasses
 import numpy as np
 
 ALPHA = 0.05  # share of held-out (in-distribution) validation images allowed above the threshold
-MAX_BANK = 4096  # training rows kept in a served model (seeded subsample above it): 4096 x 2048 fp32 = 32 MB
+MAX_BANK_VALUES = 2**23  # training features kept in a served model (32 MB fp32; seeded row subsample above it)
 CHUNK = 1024  # query rows per matrix product (bounded memory)
 
 
@@ -33,8 +33,9 @@ class Reference:
     bank: np.ndarray
 
     @classmethod
-    def fit(cls, feats: np.ndarray, max_bank: int = MAX_BANK, seed: int = 0) -> Reference:
+    def fit(cls, feats: np.ndarray, max_bank: int | None = None, seed: int = 0) -> Reference:
         feats = np.asarray(feats, dtype=np.float64)
+        max_bank = max_bank or max(MAX_BANK_VALUES // feats.shape[1], 1)
         mu, sd = feats.mean(0), feats.std(0) + 1e-6
         if len(feats) > max_bank:  # a fixed, seeded subsample keeps a served model small
             feats = feats[np.sort(np.random.default_rng(seed).choice(len(feats), max_bank, replace=False))]

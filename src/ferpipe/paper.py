@@ -32,5 +32,5 @@ DATASET_NOTE = ("The paper's numbers come from a private set of 700 posed photos
 
 
 def published_key(method: str) -> str:
-    """'resnet50_frozen' -> 'resnet50'; baselines map to themselves."""
+    """'resnet50_gap' -> 'resnet50'; baselines map to themselves."""
     return "resnet50" if method.startswith("resnet50") else method

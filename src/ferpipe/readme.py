@@ -20,7 +20,9 @@ from .io import write_text
 from .metrics import pm
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-SOURCES = {"metrics.json": "default pipeline (`make run`, frozen backbone, CPU)",
+SOURCES = {"metrics.json": "default pipeline (`make run`, frozen backbone, CPU): the paper's network "
+                           "(`resnet50_gap`), the layout-keeping head (`resnet50_spatial`), the wavelet baselines and "
+                           "the memorisation floor (`nn_pixels`)",
            "cpu_finetune.json": "CPU evidence (`make cpu-evidence`, `profiles/cpu_finetune.yaml`): the paper's "
                                 "method, fine-tuned ResNet-50, at a reduced 112 px and 1 run x 10 folds only",
            "paper.json": "GPU check (`scripts/gpu_check.sh` on one H200): fine-tuned ResNet-50 at 224 px, "
@@ -48,15 +50,18 @@ def render(metrics_dir: Path = METRICS_DIR) -> str:
         if not f.exists():
             continue
         m = json.loads(f.read_text())
+        rows = [(method, proto, d) for method, protos in m.items() for proto, d in protos.items()
+                if isinstance(d, dict) and "oa_mean" in d]  # fmt: skip
+        audit = any("acc_with_sibling" in d for *_, d in rows)  # the protocol audit (ferpipe.audit)
+        extra = " sibling in train: acc. (%) | no sibling: acc. (%) |" if audit else ""
         lines += [f"**{what}** — from `metrics/{fname}`:", "",
-                  "| method | protocol | runs | OA (%) | " + " | ".join(CLASSES) + " |",
-                  "|---|---|---|---|" + "---|" * len(CLASSES)]  # fmt: skip
-        for method, protos in m.items():
-            for proto, d in protos.items():
-                if not isinstance(d, dict) or "oa_mean" not in d:
-                    continue
-                sens = " | ".join(f"{d['sensitivity_mean'][c]:.1f}" for c in CLASSES)
-                lines.append(f"| {method} | {proto} | {d['n_runs']} | {pm(d['oa_mean'], d['oa_std'])} | {sens} |")
+                  "| method | protocol | runs | OA (%) | " + " | ".join(CLASSES) + " |" + extra,
+                  "|---|---|---|---|" + "---|" * (len(CLASSES) + 2 * audit)]  # fmt: skip
+        for method, proto, d in rows:
+            sens = " | ".join(f"{d['sensitivity_mean'][c]:.1f}" for c in CLASSES)
+            cells = "".join(f" {d[k]:.1f} |" if k in d else " — |" for k in ("acc_with_sibling", "acc_without_sibling"))
+            lines.append(f"| {method} | {proto} | {d['n_runs']} | {pm(d['oa_mean'], d['oa_std'])} | {sens} |"
+                         + (cells if audit else ""))  # fmt: skip
         lines.append("")
         lines += evidence_lines(m)
     lines.append("Per-class columns: mean sensitivity (%) over runs. Paper (Table 2/3): ResNet-50 "

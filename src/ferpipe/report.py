@@ -375,6 +375,41 @@ def headline_section(agg: dict, compare: dict | None) -> list:
                    "(the paper only has the image-level protocol, so the difference is given for `stratified` only)")]  # fmt: skip
 
 
+def protocol_measures_section(agg: dict, split_summary: dict | None, compare: dict | None) -> list:
+    """What each protocol's OA means: the sibling shares (split's audit), every method's
+    accuracy with and without a sibling in training (aggregate), the memorisation floor."""
+    shares = (split_summary or {}).get("protocol_audit") or {}
+    blocks: list = [Heading(2, "What this protocol measures", "protocol-audit")]
+    floor = {p: s["oa_mean"] for p, s in agg.get("nn_pixels", {}).items()}
+    for proto, a in shares.items():
+        share = a.get("sibling_in_train_share")
+        if share is None:
+            blocks.append(Para(f"Protocol `{proto}`: {a.get('why_unknown')}. Median highest pixel similarity of a test "
+                               f"image to the training images: {a['max_pixel_similarity_median']:.3f}."))  # fmt: skip
+            continue
+        text = (f"Protocol `{proto}`: {100 * share:.1f} % of the test images have a sibling (same person, same "
+                f"expression) among their fold's training images, {100 * a['subject_in_train_share']:.1f} % the same "
+                f"person; median highest pixel similarity to a training image {a['max_pixel_similarity_median']:.3f}.")
+        if proto in floor:
+            text += (f" The memorisation floor (`nn_pixels`: 1-nearest-neighbour on raw pixels, which learns no "
+                     f"expression) scores {floor[proto]:.2f} % here.")  # fmt: skip
+        below = ((compare or {}).get(proto) or {}).get("not_above_floor")
+        if below:
+            text += f" Not significantly above that floor (corrected t-test): {', '.join(below)}."
+        blocks.append(Para(text))
+        rows = [[m, f"{by_p[proto]['oa_mean']:.2f}", *(f"{d['accuracy']:.2f} (n={d['n']})" if d["accuracy"] is not None
+                                                        else "—" for d in by_p[proto]["protocol_audit"].values())]
+                for m, by_p in agg.items() if proto in by_p and by_p[proto].get("protocol_audit")]  # fmt: skip
+        if rows:
+            blocks.append(Table(["method", "OA (%)", "accuracy: test images with a sibling in training (%)",
+                                 "without (%)"], rows, f"Protocol {proto}: accuracy split by the audit"))  # fmt: skip
+    if floor:
+        blocks.append(Para("On a protocol where the memorisation floor is high, an OA is mostly a measure of "
+                           "recognising people already seen; the person-independent (`subject`) number is the one "
+                           "that transfers to new people."))  # fmt: skip
+    return blocks if len(blocks) > 1 else []
+
+
 def table2_section(resnet: dict) -> list:
     if not comparable(resnet):  # other classes: the paper's per-run OA is not a reference
         return []
@@ -548,9 +583,47 @@ def final_model_section(folder: Path) -> list:
         rows += [["MLflow model", ml.get("registered_uri") or ml.get("model_uri")], ["model version", ml.get("version")]]
     rows = [[k, f"{v:.4g}" if isinstance(v, float) else v] for k, v in rows]
     return [Heading(2, "Final model", "final-model"), Table(["", "value"], rows, "The model `ferpipe.predict` and the server use"),
-            Para("Use: `python -m ferpipe.predict PHOTO.jpg` or `mlflow models serve -m "
-                 f"models:/{ml.get('registered_model', 'ferpipe-resnet50')}@{ml.get('alias', 'champion')} "
-                 "--env-manager local`.")]  # fmt: skip
+            Para("Use: `python -m ferpipe.predict PHOTO.jpg` or the REST front door `make serve` "
+                 f"(`python -m ferpipe.rest --model models:/{ml.get('registered_model', 'ferpipe-resnet50')}"
+                 f"@{ml.get('alias', 'champion')}`).")]  # fmt: skip
+
+
+def fig_ood_distances(distances: list[float], threshold: float) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.hist(distances, bins=30, color="#4a6fa5")
+    ax.axvline(threshold, color="#b00020", linestyle="--", label=f"threshold {threshold:.3f}")
+    ax.set_xlabel("cosine distance to the nearest training image")
+    ax.set_ylabel("held-out test images")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def ood_section(summary: dict | None, figures: list) -> list:
+    """How far served photos may lie from the training images before they are flagged."""
+    cal = (summary or {}).get("ood") or {}
+    if not cal.get("calibrated"):
+        return [Heading(2, "Out-of-distribution flag", "ood"), Para(f"Not calibrated: {cal.get('why', 'no final model')}.")]
+    rows = [["threshold (cosine distance)", f"{cal['threshold']:.4f}"],
+            ["calibrated on", f"validation images of {cal['folds']} folds, protocol {cal['protocol']}, run {cal['run']} "
+                              f"({cal['n_validation']} images, {100 * cal['alpha']:.0f} % allowed above)"],
+            ["validation images flagged", f"{100 * cal['validation_flag_rate']:.1f} %"],
+            ["test images flagged (not used to set it)", f"{100 * cal['test_flag_rate']:.1f} % of {cal['n_test']}"],
+            *[[f"test distance {k}", f"{v:.4f}"] for k, v in cal["test_distance_quantiles"].items()]]  # fmt: skip
+    fig = Figure("ood_test_distances.png", fig_ood_distances(cal["test_distances"], cal["threshold"]),
+                 "Distances of held-out test images to their fold's training images, and the threshold")
+    figures.append(fig)
+    return [Heading(2, "Out-of-distribution flag", "ood"),
+            Para("Every prediction carries `ood_distance`: the cosine distance of the photo's standardised pooled "
+                 "ResNet-50 features to the nearest training image, and `out_of_distribution` when it is above a "
+                 "threshold set on held-out validation images of the person-independent folds (`ferpipe.ood`). "
+                 "A flagged photo is unlike anything the model was trained on; its label deserves little trust."),
+            Table(["", "value"], rows, "Calibration (final_model stage)"), fig]  # fmt: skip
 
 
 def metadata_section(inp: Inputs, train: dict | None, raw_params: dict, parent: str | None) -> list:
@@ -609,6 +682,7 @@ def build(inp: Inputs) -> tuple[list, list[Figure], dict]:
         protocol_note(train),
     ]
     blocks += headline_section(agg, compare)
+    blocks += protocol_measures_section(agg, read_json(inp.split_summary), compare)
     blocks += dataset_section(inp)
     if resnet:
         blocks += table2_section(resnet)
@@ -618,6 +692,7 @@ def build(inp: Inputs) -> tuple[list, list[Figure], dict]:
     blocks += finetune_evidence_section(read_json(inp.finetune_evidence))
     blocks += figures_section(agg, resnet, inp.aggregate, figures)
     blocks += final_model_section(inp.final_model)
+    blocks += ood_section(read_json(Path(inp.final_model) / "final_model_summary.json"), figures)
     blocks += metadata_section(inp, train, raw_params, parent)
     info = {"methods": list(agg), "protocols": sorted({p for b in agg.values() for p in b}),
             "compare_included": compare is not None, "n_figures": len(figures), "mlflow_parent_run_id": parent}  # fmt: skip

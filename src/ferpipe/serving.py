@@ -1,7 +1,7 @@
 """The final model at inference time: one torch module, the ingest preprocessing, a pyfunc.
 
 ``FerNet`` is the whole classifier as a plain forward pass: ImageNet normalisation ->
-ResNet-50 backbone (pooled 2048-d features) -> one ``nn.Linear`` (for the frozen mode the
+ResNet-50 backbone (tapped, pooled features: ``ferpipe.features``) -> one ``nn.Linear`` (for the frozen mode the
 feature standardisation, the row-space projection and the logistic-regression weights
 are folded into it) -> softmax, averaged with the horizontally flipped image as the
 folds were tested. A saved model is a folder with ``model.safetensors`` (the state dict)
@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from .config import CLASSES
+from .features import GAP_TAPS, tap_dim, tap_features
 from .model import IMAGENET_MEAN, IMAGENET_STD, build_resnet50
 
 MODEL_FILE = "model.safetensors"
@@ -72,9 +73,14 @@ OUTPUT_COLUMNS = output_columns(CLASSES)  # for a model of the paper's seven cla
 
 
 class FerNet(nn.Module):
-    """RGB images in [0, 1], shape (N, 3, H, W) -> class probabilities (N, n_classes)."""
+    """RGB images in [0, 1], shape (N, 3, H, W) -> class probabilities (N, n_classes).
 
-    def __init__(self, n_classes: int = len(CLASSES), stride_layout: str = "v1", flip_tta: str = "prob"):
+    ``taps``: the backbone features the head reads (``ferpipe.features``: ``layer4:1`` is the
+    paper's global average; ``layer2:3`` a 3 x 3 grid over layer2), as the folds computed them.
+    """
+
+    def __init__(self, n_classes: int = len(CLASSES), stride_layout: str = "v1", flip_tta: str = "prob",
+                 taps=GAP_TAPS):  # fmt: skip
         super().__init__()
         if flip_tta not in TTA_MODES:
             raise ValueError(f"flip_tta must be one of {TTA_MODES}, got {flip_tta!r}")
@@ -82,12 +88,17 @@ class FerNet(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         self.backbone = build_resnet50(1000, stride_layout)
         self.backbone.fc = nn.Identity()
-        self.head = nn.Linear(2048, n_classes)
+        self.taps = list(taps)
+        self.head = nn.Linear(sum(tap_dim(t) for t in self.taps), n_classes)
         self.flip_tta = flip_tta
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """ImageNet-normalised input -> the head's input features."""
+        return tap_features(self.backbone, x, self.taps)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """ImageNet-normalised input -> class logits."""
-        return self.head(self.backbone(x))
+        return self.head(self.features(x))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.probabilities_and_features(images)[0]
@@ -95,7 +106,7 @@ class FerNet(nn.Module):
     def probabilities_and_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(class probabilities, pooled backbone features of the unflipped image) in one pass."""
         x = (images - self.mean) / self.std
-        feats = self.backbone(x)
+        feats = self.features(x)
         logits = self.head(feats)
         if self.flip_tta == "none":
             return torch.softmax(logits, 1), feats
@@ -138,7 +149,7 @@ def load_net(model_dir: Path | str) -> tuple[FerNet, dict[str, Any]]:
     from safetensors.torch import load_file
 
     meta = read_config(model_dir)
-    net = FerNet(len(meta["classes"]), meta["stride_layout"], meta["flip_tta"])
+    net = FerNet(len(meta["classes"]), meta["stride_layout"], meta["flip_tta"], meta.get("taps", GAP_TAPS))
     net.load_state_dict(load_file(str(Path(model_dir) / MODEL_FILE)), strict=True)
     return net.eval(), meta
 

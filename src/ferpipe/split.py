@@ -12,6 +12,10 @@ Per run every image gets one of G groups; fold k tests group k, validates on gro
 - subject (person-independent): whole subjects per group, classes balanced as well as
   the subjects allow (StratifiedGroupKFold).
 
+Also the protocol audit (``ferpipe.audit``): per test image, whether its fold's training
+images hold the same subject or a sibling (same subject, same expression), and its highest
+pixel similarity to them -> ``protocol_audit.csv`` and the shares in ``split_summary.json``.
+
     python -m ferpipe.split --manifest artifacts/ingest/manifest.csv --out artifacts/split
 """
 
@@ -25,7 +29,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-from . import classes, config, cv
+from . import audit, classes, config, cv
 from .config import PROTOCOLS, SplitParams, load_section
 from .io import write_json, write_text
 
@@ -165,6 +169,18 @@ def main(argv: list[str] | None = None) -> int:
                   "grouping(s) (e.g. as many groups as subjects: leave-one-subject-out is the same split every "
                   "run); repeated runs are not independent samples, compare tests one run per grouping",
                   file=sys.stderr)  # fmt: skip
+    try:  # what each test image's fold lets a model memorise (ferpipe.audit)
+        pixels = audit.pixel_vectors(manifest, args.manifest.parent)
+    except (FileNotFoundError, OSError) as exc:
+        print(f"split: error: protocol audit: cannot read the ingested images ({exc})", file=sys.stderr)
+        return 2
+    table = audit.audit_plan(plan, manifest, pixels)
+    summary["protocol_audit"] = audit.shares(table)
+    for protocol, a in summary["protocol_audit"].items():
+        share = a["sibling_in_train_share"]
+        print(f"split: protocol audit: {protocol}: " + (f"{100 * share:.1f} % of test images have a sibling (same "
+              "subject, same expression) in training" if share is not None else a["why_unknown"]))  # fmt: skip
+    write_text(args.out / "protocol_audit.csv", table.to_csv(index=False, lineterminator="\n"))
     write_text(args.out / "split_plan.csv", plan.to_csv(index=False, lineterminator="\n"))
     write_json(args.out / "split_summary.json", summary)
     write_text(args.out / "split_summary.md", plan_markdown(plan, manifest, run_classes))

@@ -1,11 +1,13 @@
 """train stage: ResNet-50 on every (protocol, run, fold) of the split plan.
 
 Modes
-- frozen (CPU default): the ImageNet backbone in eval mode; pooled features of every
-  image and of its horizontal flip computed once and cached; per fold a softmax
-  (multinomial logistic-regression) head is fit on the train groups (image + flip),
-  its regularisation C chosen on the validation group, then tested on the test group
-  (probabilities averaged over the image and its flip).
+- frozen (CPU default): the ImageNet backbone in eval mode; tapped, pooled features
+  (ferpipe.features) of every image and of its horizontal flip computed once and cached;
+  per fold a softmax (multinomial logistic-regression) head is fit on the train groups
+  (image + flip), its regularisation C chosen on the validation group, then tested on the
+  test group (probabilities averaged over the image and its flip). Two heads side by side:
+  ``resnet50_gap`` (the paper's network: global average of layer4) and ``resnet50_spatial``
+  (``train.taps``: mid-level maps pooled on a grid, which keeps the face's layout).
 - finetune (the paper's method, for a GPU): all layers trained with flip/shift/scale/
   rotation augmentation, early stopping on the validation group, best checkpoint tested.
 
@@ -33,7 +35,7 @@ import torch
 from . import classes, config, cv, data, finetune, heads, runners, tracking
 from .config import CLASSES, ParamsError
 from .cv import fold_seed
-from .features import CACHE_NAME, cached_features, extract_features, run_identity
+from .features import cache_path, cached_features, extract_features, run_identity, split_taps
 from .foldio import FoldResult, config_hash, save_fold
 from .io import sha256_file, write_json, write_run_record
 from .model import build_resnet50
@@ -145,10 +147,37 @@ def run_sequential(ctx: FoldContext, tasks: list[FoldTask]) -> list[FoldResult]:
     return runners.run_sequential(to_device(ctx), tasks, compute_fold)
 
 
+def method_config(p: TrainParams, base: dict, method: str) -> dict:
+    """What one method's fold results depend on (its config hash): frozen heads see their own
+    taps only, so changing the spatial taps leaves the paper's head finished."""
+    cfg = {k: v for k, v in base.items() if k not in ("taps", "gap_head", "spatial_image_size")}
+    if p.mode == "frozen":
+        cfg["image_size"], cfg["taps"] = p.input_of(method)
+    return cfg
+
+
+def run_folds(ctx: FoldContext, folds: list, runner, deadline: float | None, workers: int) -> tuple[list, int, list]:
+    """One method over the plan's folds: resume, compute the rest. -> (done, n_new, new)."""
+    fr = cv.FoldRun.open(ctx.results_dir, folds, lambda *_: ctx.chash)
+    todo = [FoldTask(*f) for f in fr.todo]
+    if fr.done:
+        log.info("train: %s: resuming, %d fold(s) already finished, %d to go", ctx.method, len(fr.done), len(todo))
+    if deadline is not None:  # the GPU check: no new fold after the deadline (whole runs are queued first)
+        new = runners.run_processes(ctx, todo, compute_fold, workers, prepare=to_device, deadline=deadline)
+    else:
+        new = (runner or run_sequential)(ctx, todo) if todo else []
+    for r in new:
+        if r is not None:  # None: not started before the deadline
+            fr.keep(r, save=False)  # each fold was saved by the process that computed it
+    return fr.close(), fr.n_new, new
+
+
 def run_training(manifest_path: Path, plan_path: Path, weights: Path, out: Path, p: TrainParams,
                  params_for_log: dict | None = None, runner=None, deadline: float | None = None) -> dict:  # fmt: skip
     t_start = time.time()
-    device, dtype = resolve_runtime(p)
+    frozen = p.mode == "frozen"
+    # frozen features in train.feature_precision (fp32: the final model's own precision)
+    device, dtype = resolve_runtime(dataclasses.replace(p, precision=p.feature_precision) if frozen else p)
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
     manifest = data.read_manifest(manifest_path)
     folds, _ = cv.plan_folds(plan_path, manifest, p.max_runs, p.max_folds)
@@ -160,44 +189,45 @@ def run_training(manifest_path: Path, plan_path: Path, weights: Path, out: Path,
     cfg.update(run_identity(sha256_file(weights), sha256_file(manifest_path), device, dtype))
     if not classes.matches_paper(run_classes):  # (the paper's seven leave earlier hashes valid)
         cfg["classes"] = list(run_classes)
-    ctx = FoldContext(p, p.method, config_hash(cfg), out / p.method, manifest["path"].tolist(), y, run_classes)
+    methods = list(p.frozen_methods) if frozen else [p.method]
     timings = {}
 
     t0 = time.time()
-    images = data.load_images_uint8(manifest, manifest_path.parent, p.image_size)
+    sizes = sorted(p.taps_by_size(), reverse=True) if frozen else [p.image_size]
+    images = {size: data.load_images_uint8(manifest, manifest_path.parent, size) for size in sizes}
     timings["load_images_s"] = time.time() - t0
     from safetensors.torch import load_file
 
     pretrained = {k: v.float() for k, v in load_file(str(weights)).items()}  # an fp16 copy is upcast
-    if p.mode == "frozen":
+    feats_by_size = {}
+    if frozen:  # one forward pass per input size computes every method's taps at that size
         t0 = time.time()
+        for size, taps in p.taps_by_size().items():
+            def compute(size=size, taps=taps):
+                backbone = build_resnet50(1000, p.stride_layout)
+                backbone.load_state_dict(pretrained)
+                return extract_features(backbone, images[size], p.batch_size, p.flip_features, device, dtype, taps)
 
-        def compute():
-            backbone = build_resnet50(1000, p.stride_layout)
-            backbone.load_state_dict(pretrained)
-            return extract_features(backbone, images, p.batch_size, p.flip_features, device, dtype)
-
-        ctx.feats = cached_features(out / CACHE_NAME, cfg, compute)
+            feats_by_size[size] = cached_features(cache_path(out, size), {**cfg, "image_size": size, "taps": taps}, compute)
         timings["features_s"] = time.time() - t0
-    else:
-        ctx.images, ctx.pretrained = images, pretrained
 
-    fr = cv.FoldRun.open(ctx.results_dir, folds, lambda *_: ctx.chash)
-    todo = [FoldTask(*f) for f in fr.todo]
-    if fr.done:
-        log.info("train: resuming, %d fold(s) already finished, %d to go", len(fr.done), len(todo))
-    if ctx.feats is not None:  # the largest training set of the plan (all views) fixes the head padding
-        ctx.pad_rows = ctx.feats.shape[0] * max((len(r["train"]) for *_, r in folds), default=1)
+    done_by_method, new_all, n_new, todo_n, configs = {}, [], 0, 0, {}
     t0 = time.time()
-    if deadline is not None:  # the GPU check: no new fold after the deadline (whole runs are queued first)
-        new = runners.run_processes(ctx, todo, compute_fold, p.workers, prepare=to_device, deadline=deadline)
-    else:
-        new = (runner or run_sequential)(ctx, todo) if todo else []
-    for r in new:
-        if r is not None:  # None: not started before the deadline
-            fr.keep(r, save=False)  # each fold was saved by the process that computed it
+    for method in methods:
+        mcfg = method_config(p, cfg, method)
+        configs[method] = mcfg
+        ctx = FoldContext(p, method, config_hash(mcfg), out / method, manifest["path"].tolist(), y, run_classes)
+        if frozen:
+            size, taps = p.input_of(method)
+            ctx.feats = split_taps(feats_by_size[size], p.taps_by_size()[size], taps)
+            # the largest training set of the plan (all views) fixes the head padding
+            ctx.pad_rows = ctx.feats.shape[0] * max((len(r["train"]) for *_, r in folds), default=1)
+        else:
+            ctx.images, ctx.pretrained = images[p.image_size], pretrained
+        done, n, new = run_folds(ctx, folds, runner, deadline, p.workers)
+        done_by_method[method], n_new, todo_n = done, n_new + n, todo_n + len(new)
+        new_all += [r for r in new if r is not None]
     timings["folds_s"] = time.time() - t0
-    done = fr.close()
 
     mlflow_s = 0.0
     parent = None
@@ -207,23 +237,27 @@ def run_training(manifest_path: Path, plan_path: Path, weights: Path, out: Path,
             # a new parent per invocation (one from the orchestrator's environment if given)
             parent = tracking.parent_run_id() or tracking.start_parent(params_for_log or {"train": cfg})
             status.parent_id = parent
-            tracking.log_fold_runs(parent, done, cfg)
+            for method, done in done_by_method.items():
+                tracking.log_fold_runs(parent, done, configs[method])
         mlflow_s = time.time() - t0
     timings["mlflow_s"] = mlflow_s
     timings["total_s"] = time.time() - t_start
+    n_done = sum(len(d) for d in done_by_method.values())
     # results only: train_summary.json is a DVC output and must not change when nothing did
     summary = {
-        "method": p.method, "config_hash": ctx.chash, "config": cfg, "n_folds": len(done),
-        "mean_fold_accuracy": {proto: float(np.mean([r.accuracy for r in done if r.protocol == proto]))
-                               for proto in sorted({r.protocol for r in done})},
+        "method": p.method, "methods": methods, "n_folds": n_done,
+        "config_hash": {m: config_hash(c) for m, c in configs.items()}, "config": cfg,
+        "inputs": {m: dict(zip(("image_size", "taps"), p.input_of(m), strict=True)) for m in methods} if frozen else None,
+        "mean_fold_accuracy": {f"{m}/{proto}": float(np.mean([r.accuracy for r in d if r.protocol == proto]))
+                               for m, d in done_by_method.items() for proto in sorted({r.protocol for r in d})},
     }  # fmt: skip
     record = {
-        "stage": "train", "method": p.method, "n_computed": fr.n_new, "n_resumed": len(done) - fr.n_new,
-        "n_folds_planned": len(done) - fr.n_new + len(todo), "n_skipped_by_deadline": len(todo) - fr.n_new,
+        "stage": "train", "methods": methods, "n_computed": n_new, "n_resumed": n_done - n_new,
+        "n_folds_planned": n_done - n_new + todo_n, "n_skipped_by_deadline": todo_n - n_new,
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "mlflow_share_of_train": round(mlflow_s / max(timings["total_s"] - mlflow_s, 1e-9), 4),
         "mlflow_parent_run_id": parent,
-        "fold_seconds": {f"{r.protocol}/run{r.run:02d}_fold{r.fold:02d}": r.seconds for r in new if r is not None},
+        "fold_seconds": {f"{r.method}/{r.protocol}/run{r.run:02d}_fold{r.fold:02d}": r.seconds for r in new_all},
     }  # fmt: skip
     write_json(out / "train_summary.json", summary)
     write_json(out / "resolved_config.json", cfg)  # the resolved config next to the results
@@ -254,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train: error: {exc}", file=sys.stderr)
         return 2
     run = summary["run"]
-    print(json.dumps({"method": summary["method"], "n_folds": summary["n_folds"], "n_computed": run["n_computed"],
+    print(json.dumps({"methods": summary["methods"], "n_folds": summary["n_folds"], "n_computed": run["n_computed"],
                       "n_resumed": run["n_resumed"], "mean_fold_accuracy": summary["mean_fold_accuracy"],
                       "timings_s": run["timings_s"]}))  # fmt: skip
     return 0

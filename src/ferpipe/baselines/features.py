@@ -18,11 +18,10 @@ the train groups of a fold only.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pywt
-from PIL import Image
+
+from ..pixels import load_gray  # noqa: F401 - the stage loads through here
 
 
 class FeatureError(ValueError):
@@ -62,23 +61,6 @@ def check_wavelet_params(section: str, p) -> None:
     if p.wavelet not in pywt.wavelist(kind="discrete"):
         bad_value(section, p, "wavelet", "expected a PyWavelets discrete wavelet name (e.g. haar, db4, sym4)")
     check_params_size(section, p.image_size, p.levels)
-
-
-def load_gray(paths: list[str], root: Path | str, size: int) -> np.ndarray:
-    """Decode images once into float32 ``(N, size, size)`` in [0, 1] (bicubic, antialiased).
-
-    RGB inputs are converted with PIL's ``convert('L')`` (the ingested JAFFE faces are gray
-    replicated to 3 channels, so this returns the original gray values).
-    """
-    root = Path(root)
-    out = np.empty((len(paths), size, size), dtype=np.float32)
-    for i, rel in enumerate(paths):
-        with Image.open(root / rel) as im:
-            im = im.convert("L")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.BICUBIC)
-            out[i] = np.asarray(im, dtype=np.float32) / 255.0
-    return out
 
 
 # ---------------------------------------------------------------- Haar (HWT)
