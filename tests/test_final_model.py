@@ -193,11 +193,11 @@ def test_cli_bad_param_names_the_key(ws, tmp_path, capsys):
 
 def test_predict_gives_the_fold_codes_probabilities_for_the_spatial_head(ws, tmp_path):
     """The served spatial model == the fold code (ferpipe.features taps + ferpipe.heads) on the same images."""
+    from safetensors.torch import load_file
     from scipy.special import softmax
 
     from ferpipe import data, features, heads, predict
     from ferpipe.model import build_resnet50
-    from safetensors.torch import load_file
 
     out = tmp_path / "final"
     s = final_model.run_stage(ws / "ing" / "manifest.csv", ws / "w.safetensors", out, raw_params(), None, None)
