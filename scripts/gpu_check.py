@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     sampler.stop.set()
     wall = t1 - t0
     results = [r for protocol in config.PROTOCOLS for r in load_results(args.out / p.method, protocol)
-               if r.config_hash == summary["config_hash"]]  # fmt: skip
+               if r.extra.get("method_config_hash", r.config_hash) == summary["config_hash"][p.method]]  # fmt: skip
     seen = sum(r.extra.get("train_images_seen", 0) for r in results)
     plan = train.cv.read_plan(args.plan)
     n_runs_plan, n_groups = int(plan["run"].max()), int(plan["fold"].max())

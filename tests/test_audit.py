@@ -56,6 +56,15 @@ def test_accuracy_with_and_without_a_sibling():
     assert acc == {"with_sibling": {"n": 2, "accuracy": 50.0}, "without_sibling": {"n": 0, "accuracy": None}}
 
 
+def test_results_from_another_plan_are_refused_naming_the_fold():
+    import pytest
+
+    table = audit.audit_plan(plan(), manifest(), None)
+    stale = FoldResult("m", "stratified", 1, 1, "h", ["images/KB.happy2.png"], [0], [0])  # trained in fold 1
+    with pytest.raises(ValueError, match="m/stratified run 1 fold 1: test image images/KB.happy2.png is not in"):
+        audit.accuracy_by_sibling([stale], table[table.protocol == "stratified"])
+
+
 def test_without_subject_ids_the_audit_says_it_cannot_tell(tmp_path):
     m = manifest(subjects=False)
     table = audit.audit_plan(plan(), m, np.eye(8, dtype=np.float32))

@@ -241,6 +241,15 @@ def test_a_bad_request_is_a_4xx_with_a_one_line_reason_never_the_payload(server,
     assert len(body) < 400 and b"AAAA" not in body  # nothing echoed back
 
 
+def test_a_get_on_invocations_is_a_405_naming_the_method(server):
+    try:
+        urllib.request.urlopen(server + "/invocations", timeout=10)
+        raise AssertionError("GET /invocations answered 2xx")
+    except urllib.error.HTTPError as e:
+        assert e.code == 405 and e.headers["Allow"] == "POST"
+        assert "GET is not allowed on /invocations" in strict_loads(e.read())["error"]
+
+
 def test_an_oversize_body_is_refused_from_its_header_before_it_is_read(server):
     port = int(server.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:

@@ -109,6 +109,12 @@ def test_a_bad_request_names_what_is_wrong(payload, content_type, status, reason
     assert exc.value.status == status and reason in exc.value.reason
 
 
+def test_json_nested_too_deeply_is_a_400_not_a_crash():
+    with pytest.raises(rest.RequestError) as exc:
+        rest.parse_request(b'{"inputs":' + b"[" * 100_000, "application/json", rest.Limits())
+    assert exc.value.status == 400 and "nested too deeply" in exc.value.reason
+
+
 def test_invalid_json_is_named_without_echoing_it():
     with pytest.raises(rest.RequestError) as exc:
         rest.parse_request(b'{"inputs": [SECRET', "application/json", LIMITS)

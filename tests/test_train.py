@@ -81,6 +81,18 @@ def test_changed_config_recomputes(workspace, tmp_path):
     assert s["run"]["n_computed"] == 12 and s["run"]["n_resumed"] == 0
 
 
+def test_a_new_split_plan_recomputes_instead_of_resuming_old_folds(workspace, tmp_path):
+    from ferpipe import data
+
+    run(workspace, tmp_path / "p", max_runs=1)
+    m = data.read_manifest(workspace / "ing" / "manifest.csv")
+    other, _ = split.make_plan(m, SplitParams(n_runs=2, n_groups=3, seed=2))  # same folds, other images
+    other.to_csv(tmp_path / "plan2.csv", index=False)
+    s = train.run_training(workspace / "ing" / "manifest.csv", tmp_path / "plan2.csv", workspace / "w.safetensors",
+                           tmp_path / "p", params(max_runs=1))  # fmt: skip
+    assert s["run"]["n_computed"] == 12 and s["run"]["n_resumed"] == 0
+
+
 def test_changed_taps_recompute_the_spatial_head_only(workspace, tmp_path):
     run(workspace, tmp_path / "t", max_runs=1)
     s = run(workspace, tmp_path / "t", max_runs=1, taps=["layer2:4"])

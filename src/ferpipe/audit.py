@@ -97,6 +97,10 @@ def accuracy_by_sibling(folds, audit: pd.DataFrame) -> dict | None:
     counts = {True: [0, 0], False: [0, 0]}
     for f in folds:
         for img, t, p in zip(f.images, f.y_true, f.y_pred, strict=True):
+            if (f.run, f.fold, img) not in key.index:
+                raise ValueError(f"{f.method}/{f.protocol} run {f.run} fold {f.fold}: test image {img} is not in the "
+                                 "protocol audit: the fold results come from another split plan (rerun split, then "
+                                 "train/baselines)")  # fmt: skip
             has = bool(key.loc[(f.run, f.fold, img)])
             counts[has][0] += int(t == p)
             counts[has][1] += 1

@@ -123,6 +123,13 @@ def pairs(methods) -> list[tuple[str, str]]:
     return out
 
 
+def sibling_share(summary: dict | None) -> float | None:
+    """Share of test images with a sibling in training (the aggregate's protocol audit)."""
+    a = (summary or {}).get("protocol_audit") or {}
+    n = sum(v["n"] for v in a.values())
+    return a["with_sibling"]["n"] / n if n else None
+
+
 def not_above_floor(tests: dict) -> list[str]:
     """Methods not significantly above the memorisation floor (corrected test)."""
     out = []
@@ -158,6 +165,7 @@ def compare(agg: Path) -> dict:
         groupings = {len(set(v["grouping_per_run"])) for v in by_method.values() if "grouping_per_run" in v}
         result[protocol] = {"methods": rows, "paired_tests": tests, "classes": list(run_classes),
                             "not_above_floor": not_above_floor(tests) if FLOOR in by_method else None,
+                            "sibling_share": sibling_share(by_method.get(FLOOR)),
                             "published_comparable": comparable, "warnings": warnings,
                             "n_distinct_groupings": max(groupings) if groupings else None}  # fmt: skip
     return result
@@ -183,13 +191,21 @@ def markdown(result: dict) -> str:
             lines.append(f"| {row['method']} | {pub} | {pm(row['oa_mean'], row['oa_std'])} | {row['n_runs']} | {sens} |")
         for warning in r.get("warnings", []):
             lines += ["", f"**{warning}**"]
-        floor = r.get("not_above_floor")
+        floor, share = r.get("not_above_floor"), r.get("sibling_share")
         if floor is not None:
+            if not floor:
+                why = "every method is significantly above it (corrected t-test)."
+            elif share is not None and share >= 0.5:  # the floor recognises people here
+                why = (f"not significantly above it on this protocol (corrected t-test): {', '.join(floor)}. "
+                       f"{100 * share:.0f} % of the test images have a sibling in training, so their OA here measures "
+                       "recognising people's photos as much as reading expressions.")
+            else:  # no one to recognise: the floor sits near chance
+                why = (f"not significantly above it on this protocol (corrected t-test): {', '.join(floor)}. Few test "
+                       f"images have a sibling in training here, so the floor sits near chance (1 in {len(run_classes)}): "
+                       "for these methods, reading expressions of new people better than pixel matching is not "
+                       "established.")
             lines += ["", f"**Memorisation floor** ({FLOOR}: 1-nearest-neighbour on raw pixels, which learns no "
-                      "expression): " + (f"not significantly above it on this protocol (corrected t-test): "
-                                         f"{', '.join(floor)}. Their OA here measures recognising people's photos "
-                                         "as much as reading expressions." if floor else
-                                         "every method is significantly above it (corrected t-test).")]  # fmt: skip
+                      f"expression): {why}"]  # fmt: skip
         n_runs = max((row["n_runs"] for row in r["methods"]), default=0)
         k = r.get("n_distinct_groupings")
         lines += ["", f"Runs: {n_runs}; distinct groupings of the images into test groups: {k if k else 'unknown'}"

@@ -70,6 +70,17 @@ def method_fold_seed(base: int, method: str, protocol: str, run: int, fold: int,
     return np.random.SeedSequence([base, zlib.crc32(method.encode()), zlib.crc32(protocol.encode()), run, fold, extra])
 
 
+def roles_digest(roles: dict[str, np.ndarray], paths) -> str:
+    """Which images a fold puts in each role: part of every fold's config hash, so a fold
+    result is resumed only for the very same train / val / test images (a new split plan
+    recomputes it)."""
+    import json
+
+    paths = np.asarray(paths)
+    blob = json.dumps({r: sorted(paths[idx].tolist()) for r, idx in sorted(roles.items())})
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def grouping_digest(test_sets: Iterable[Iterable[str]]) -> str:
     """A run's partition of the images into test groups, whatever the groups' order or
     numbering: equal digests = the same split (split counts distinct ones, compare pairs on them)."""

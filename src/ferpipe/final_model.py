@@ -215,9 +215,9 @@ def ood_reference(net: FerNet, images: torch.Tensor, feats: np.ndarray | None, m
     held-out validation images. Frozen mode reuses the head's features (unflipped view)."""
     if plan is None:
         return None, {"calibrated": False, "why": "no split plan given (--plan): predictions carry no OOD flag"}
-    if feats is None:  # fine-tuned backbone: its own features
-        feats = extract_features(net.backbone, images, p.batch_size, False, torch.device("cpu"), None, net.taps)
-        net.to("cpu")
+    if feats is None:  # a backbone fine-tuned on every image has seen the calibration images too
+        return None, {"calibrated": False, "why": "the fine-tuned backbone was trained on every image, so no image "
+                      "is held out to calibrate a threshold: predictions carry no OOD flag"}  # fmt: skip
     f0 = np.asarray(feats[0], dtype=np.float32)
     folds, _ = cv.plan_folds(plan, manifest)
     cal = ood.calibrate(f0, folds)

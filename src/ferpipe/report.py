@@ -619,11 +619,18 @@ def ood_section(summary: dict | None, figures: list) -> list:
                  "Distances of held-out test images to their fold's training images, and the threshold")
     figures.append(fig)
     return [Heading(2, "Out-of-distribution flag", "ood"),
-            Para("Every prediction carries `ood_distance`: the cosine distance of the photo's standardised pooled "
+            Para("Every prediction carries `ood_distance`: the cosine distance of the photo's standardised "
                  "ResNet-50 features to the nearest training image, and `out_of_distribution` when it is above a "
-                 "threshold set on held-out validation images of the person-independent folds (`ferpipe.ood`). "
+                 f"threshold set on held-out validation images of the `{cal['protocol']}` folds (`ferpipe.ood`). "
                  "A flagged photo is unlike anything the model was trained on; its label deserves little trust."),
             Table(["", "value"], rows, "Calibration (final_model stage)"), fig]  # fmt: skip
+
+
+def config_hash_rows(train: dict | None) -> list[list]:
+    h = (train or {}).get("config_hash")
+    if isinstance(h, dict):  # one per method the train stage ran
+        return [[f"train config hash: {m}", v] for m, v in h.items()]
+    return [["train config hash", h]]
 
 
 def metadata_section(inp: Inputs, train: dict | None, raw_params: dict, parent: str | None) -> list:
@@ -637,7 +644,7 @@ def metadata_section(inp: Inputs, train: dict | None, raw_params: dict, parent: 
             pass
     rows = [["git commit", tracking.git_commit()], ["data hash (data.dvc md5)", tracking.data_hash(inp.data_dvc)],
             ["MLflow parent run", parent], ["tracking store", tracking.tracking_uri() if parent else None],
-            ["train config hash", (train or {}).get("config_hash")],
+            *config_hash_rows(train),
             ["python", platform.python_version()], ["packages", ", ".join(versions)],
             ["generated (UTC)", dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")]]  # fmt: skip
     blocks: list = [Heading(2, "Run metadata", "metadata"), Table(["", "value"], rows, "Provenance")]
@@ -646,10 +653,11 @@ def metadata_section(inp: Inputs, train: dict | None, raw_params: dict, parent: 
     if "seconds" in ing:
         timing_rows.append(["ingest", "total_s", ing["seconds"]])
     tr = read_run_record(Path(inp.train_summary).parent)
+    label = "train (" + ", ".join(tr.get("methods") or [tr.get("method", "?")]) + ")"
     for k, v in (tr.get("timings_s") or {}).items():
-        timing_rows.append([tr.get("method", "train"), k, v])
+        timing_rows.append([label, k, v])
     if tr:
-        timing_rows.append([tr.get("method", "train"), "folds computed / resumed",
+        timing_rows.append([label, "folds computed / resumed",
                             f"{tr.get('n_computed')} / {tr.get('n_resumed')}"])  # fmt: skip
     fm = read_run_record(inp.final_model)
     for k, v in (fm.get("timings_s") or {}).items():

@@ -17,9 +17,11 @@ Answers (always one JSON object; the payload is never echoed back):
   classified; each failed image keeps its row with ``error`` (why) and no label.
 - 422: every image failed (same body). 400: malformed body or unknown option (``error``
   names it). 413: body over ``--max-body-mb`` or more than ``--max-images`` images.
-  415: a Content-Type other than application/json (or none). 503: the server is busy past
-  the request's deadline. 504: the deadline (``--deadline-s``) passed during the work,
-  which stops there. A client that hangs up stops its request's work too.
+  415: a Content-Type other than application/json (or none). 405: a method other than POST.
+  408: the body did not arrive within the deadline. 503: the server is busy past the
+  request's deadline, or more than ``--max-connections`` are open. 504: the deadline
+  (``--deadline-s``) passed during the work, which stops there. A client that hangs up
+  stops its request's work too.
 
 Threads: requests are computed in worker threads, at most ``--max-concurrent`` at once;
 the predictor is safe to share (``serving.FerPredictor``).
@@ -52,6 +54,7 @@ class Limits:
     max_pixels: int = MAX_PIXELS  # per image, checked from the file header before decoding
     deadline_s: float = 30.0  # per request, queueing included
     max_concurrent: int = 2  # requests computed at once (the others wait, within their deadline)
+    max_connections: int = 64  # open connections; more get 503 at once (uvicorn's limit_concurrency)
 
 
 class RequestError(Exception):
@@ -74,6 +77,8 @@ def parse_request(body: bytes, content_type: str | None, limits: Limits) -> tupl
         raise RequestError(400, "body is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise RequestError(400, f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise RequestError(400, "body is not valid JSON: nested too deeply") from None
     if not isinstance(payload, dict):
         raise RequestError(400, f"body must be a JSON object with one of {list(FORMATS)}, got a {type(payload).__name__}")
     unknown = sorted(set(payload) - set(FORMATS) - {"params"})
@@ -193,9 +198,15 @@ def create_app(predictor: FerPredictor, limits: Limits = Limits()):
         t0 = time.monotonic()
         deadline = t0 + limits.deadline_s
         try:
-            values, opts = parse_request(await read_body(request), request.headers.get("content-type"), limits)
+            with anyio.fail_after(limits.deadline_s):  # a slow sender holds no connection past the deadline
+                body = await read_body(request)
+            # parsing a large body takes a while: off the event loop, which keeps serving pings and watchers
+            values, opts = await anyio.to_thread.run_sync(parse_request, body, request.headers.get("content-type"),
+                                                          limits)  # fmt: skip
         except RequestError as exc:
             return error(exc.status, exc.reason)
+        except TimeoutError:
+            return error(408, f"the body did not arrive within the {limits.deadline_s:g} s deadline")
         except ClientDisconnect:
             return error(400, "client disconnected while sending the body")
         stop, why = threading.Event(), {}
@@ -235,13 +246,21 @@ def create_app(predictor: FerPredictor, limits: Limits = Limits()):
     async def not_found(request: Request, _exc):
         return error(404, f"no route {request.url.path}; use POST /invocations, GET /ping or GET /version")
 
+    async def not_allowed(request: Request, _exc):
+        allow = "POST" if request.url.path == "/invocations" else "GET"
+        response = error(405, f"{request.method} is not allowed on {request.url.path}; use {allow}")
+        response.headers["Allow"] = allow
+        return response
+
     async def internal(_request: Request, exc: Exception):
-        log.exception("rest: internal error")
+        while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:  # anyio task groups wrap errors
+            exc = exc.exceptions[0]
+        log.error("rest: internal error: %s: %s", type(exc).__name__, exc)
         return error(500, f"internal error: {type(exc).__name__}")
 
     routes = [Route("/ping", ping), Route("/health", ping), Route("/version", version),
               Route("/invocations", invocations, methods=["POST"])]  # fmt: skip
-    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found, 500: internal})
+    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed, 500: internal})
 
 
 # ---------------------------------------------------------------- loading + CLI
@@ -276,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-pixels", type=int, default=d.max_pixels, help="most pixels in one image (width x height)")
     ap.add_argument("--deadline-s", type=float, default=d.deadline_s, help="per-request time limit, queueing included")
     ap.add_argument("--max-concurrent", type=int, default=d.max_concurrent, help="requests computed at once")
+    ap.add_argument("--max-connections", type=int, default=d.max_connections,
+                    help="open connections; more are answered 503 at once")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -283,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    limits = Limits(int(args.max_body_mb * 2**20), args.max_images, args.max_pixels, args.deadline_s, args.max_concurrent)
+    limits = Limits(int(args.max_body_mb * 2**20), args.max_images, args.max_pixels, args.deadline_s,
+                    args.max_concurrent, args.max_connections)
     try:
         predictor = FerPredictor.load(model_folder(args.model), max_pixels=limits.max_pixels)
     except Exception as exc:  # noqa: BLE001 - a missing folder, an unknown alias, a broken store: say which
@@ -294,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"rest: serving {args.model} ({predictor.meta.get('method')}) on http://{args.host}:{args.port}/invocations",
           file=sys.stderr)  # fmt: skip
     uvicorn.run(create_app(predictor, limits), host=args.host, port=args.port, log_level="warning",
-                timeout_keep_alive=5)  # fmt: skip
+                timeout_keep_alive=5, limit_concurrency=limits.max_connections)  # fmt: skip
     return 0
 
 

@@ -77,6 +77,7 @@ class FoldTask:
     run: int
     fold: int
     roles: dict[str, np.ndarray]
+    chash: str = ""  # the fold's hash: method config + its images (run_folds sets it)
 
 
 HEAD_BATCH = 20  # frozen mode: folds whose heads are solved together (one run of both protocols' sizes)
@@ -84,7 +85,8 @@ HEAD_BATCH = 20  # frozen mode: folds whose heads are solved together (one run o
 
 def _fold_result(ctx: FoldContext, task: FoldTask, probs: np.ndarray, info: dict, seconds: float) -> FoldResult:
     te = task.roles["test"]
-    res = FoldResult(ctx.method, task.protocol, task.run, task.fold, ctx.chash,
+    info = {**info, "method_config_hash": ctx.chash}
+    res = FoldResult(ctx.method, task.protocol, task.run, task.fold, task.chash or ctx.chash,
                      images=[ctx.image_names[i] for i in te], y_true=ctx.y[te].tolist(),
                      y_pred=probs.argmax(1).tolist(), probabilities=np.round(probs, 6).tolist(),
                      extra=info, classes=ctx.classes, seconds=round(seconds, 4))  # fmt: skip
@@ -150,16 +152,22 @@ def run_sequential(ctx: FoldContext, tasks: list[FoldTask]) -> list[FoldResult]:
 def method_config(p: TrainParams, base: dict, method: str) -> dict:
     """What one method's fold results depend on (its config hash): frozen heads see their own
     taps only, so changing the spatial taps leaves the paper's head finished."""
-    cfg = {k: v for k, v in base.items() if k not in ("taps", "gap_head", "spatial_image_size")}
+    other_mode = ("precision",) if p.mode == "frozen" else ("feature_precision",)  # the dtype is in run_identity
+    cfg = {k: v for k, v in base.items() if k not in ("taps", "gap_head", "spatial_image_size", *other_mode)}
     if p.mode == "frozen":
         cfg["image_size"], cfg["taps"] = p.input_of(method)
     return cfg
 
 
 def run_folds(ctx: FoldContext, folds: list, runner, deadline: float | None, workers: int) -> tuple[list, int, list]:
-    """One method over the plan's folds: resume, compute the rest. -> (done, n_new, new)."""
-    fr = cv.FoldRun.open(ctx.results_dir, folds, lambda *_: ctx.chash)
-    todo = [FoldTask(*f) for f in fr.todo]
+    """One method over the plan's folds: resume, compute the rest. -> (done, n_new, new).
+
+    A fold's hash covers the method's config and the fold's images, so a changed split plan
+    recomputes the folds it changed instead of resuming their old results."""
+    fold_hash = {(pr, r, f): config_hash({"method_config": ctx.chash, "fold_images": cv.roles_digest(roles, ctx.image_names)})
+                 for pr, r, f, roles in folds}  # fmt: skip
+    fr = cv.FoldRun.open(ctx.results_dir, folds, lambda pr, r, f, _: fold_hash[(pr, r, f)])
+    todo = [FoldTask(*f, chash=fold_hash[tuple(f[:3])]) for f in fr.todo]
     if fr.done:
         log.info("train: %s: resuming, %d fold(s) already finished, %d to go", ctx.method, len(fr.done), len(todo))
     if deadline is not None:  # the GPU check: no new fold after the deadline (whole runs are queued first)

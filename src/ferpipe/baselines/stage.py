@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import logging
 import sys
@@ -80,11 +79,6 @@ BaselinesParams = register_section("baselines")(dataclasses.make_dataclass(
 
 
 # ---------------------------------------------------------------- helpers
-def roles_digest(roles: dict[str, np.ndarray], paths: np.ndarray) -> str:
-    blob = json.dumps({r: sorted(paths[idx].tolist()) for r, idx in sorted(roles.items())})
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
 def _run_stats(results: list[FoldResult]) -> dict:
     by_run = group_by_run(results)
     # OA of a run = accuracy on all its test images (sum of the fold matrices), as aggregate does
@@ -127,7 +121,7 @@ def run_method(method: str, run: RunInputs, out: Path, p) -> tuple[dict, dict]:
     mod, mp = REGISTRY[method], getattr(p, method)
     mcfg = {**p.method_config(method), **run.base_config}
     mhash = config_hash(mcfg)
-    chash = {(pr, r, f): config_hash({"method_config": mhash, "fold_images": roles_digest(roles, run.paths)})
+    chash = {(pr, r, f): config_hash({"method_config": mhash, "fold_images": cv.roles_digest(roles, run.paths)})
              for pr, r, f, roles in run.folds}  # fmt: skip
     fr = cv.FoldRun.open(out / method, run.folds, lambda pr, r, f, _: chash[(pr, r, f)])
     todo = fr.todo
