@@ -201,7 +201,7 @@ def markdown(result: dict) -> str:
                        "recognising people's photos as much as reading expressions.")
             else:  # no one to recognise: the floor sits near chance
                 why = (f"not significantly above it on this protocol (corrected t-test): {', '.join(floor)}. Few test "
-                       f"images have a sibling in training here, so the floor sits near chance (1 in {len(run_classes)}): "
+                       f"images have a sibling in training here, so the floor sits near chance (1 in {len(cls)}): "
                        "for these methods, reading expressions of new people better than pixel matching is not "
                        "established.")
             lines += ["", f"**Memorisation floor** ({FLOOR}: 1-nearest-neighbour on raw pixels, which learns no "
