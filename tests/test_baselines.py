@@ -380,7 +380,7 @@ def test_batch_size_does_not_change_a_single_bit(synthetic, tmp_path):
     assert main(_argv(synthetic, tmp_path / "a", one)) == 0
     assert main(_argv(synthetic, tmp_path / "b", many)) == 0
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").glob("*/*/run*_fold*.json"))
-    assert len(files) == 3 * 2 * 3
+    assert len(files) == 4 * 2 * 3  # hwt, cso, bbo, nn_pixels x 2 protocols x 3 folds
     for rel in files:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
 

@@ -39,7 +39,7 @@ def test_passes_on_the_committed_metrics(tmp_path, real, capsys):
     assert "gate: passed" in out
     for col in ("metric", "committed", "reproduced", "delta", "tolerance", "verdict"):
         assert col in out.splitlines()[0]
-    assert "resnet50_frozen/stratified/oa_mean" in out
+    assert "resnet50_spatial/stratified/oa_mean" in out and "resnet50_gap/subject/oa_mean" in out
 
 
 def test_fails_on_a_perturbed_oa(tmp_path, real, capsys):

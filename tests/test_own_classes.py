@@ -96,7 +96,7 @@ def test_every_stage_carries_the_datasets_classes(tmp_path, labels, expected):
     assert "| run | " + " | ".join(expected) + " |" in md and "not the paper's seven" in md
     meta = json.loads((root / "fm" / "model.json").read_text())
     assert meta["classes"] == expected
-    assert list(pred.columns) == ["file", "label", *expected, "face", "error"]
+    assert list(pred.columns) == ["file", "label", *expected, "face", "ood_distance", "out_of_distribution", "error"]
     assert set(pred["label"]) <= set(expected) and (pred[expected].sum(axis=1).round(4) == 1).all()
 
 

@@ -266,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
         if parent:
             flat = {f"{m}.{p}.{k}": v for m, ps in metrics.items() for p, d in ps.items()
                     for k, v in d.items() if isinstance(v, float)}  # fmt: skip
+            if args.audit:  # the protocol audit's shares beside the accuracies they explain
+                for proto, a in audit.shares(audit.read_audit(args.audit)).items():
+                    flat.update({f"audit.{proto}.{k}": v for k, v in a.items() if isinstance(v, float)})
             tracking.log_parent_results(parent, flat, [args.out / "results.md", args.metrics])
             log_untracked_folds(parent, args.results)
     print((args.out / "results.md").read_text().split("\n\n###")[0])
