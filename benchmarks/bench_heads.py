@@ -7,9 +7,12 @@ depends on the matrix sizes, not on where the features came from. For each size,
 stratified folds (10 groups: 8 train, 1 val, 1 test) are fitted with the batched solver
 (ferpipe.heads, the train stage's default C grid) and, on the smallest size, with
 scikit-learn's LogisticRegression for comparison. Prints seconds per fold, the row-space
-dimension and the projected time for 10 runs x 10 folds x 2 protocols.
+dimension, the projected time for 10 runs x 10 folds x 2 protocols, and how the time grew
+against the rows from the previous size (linear = the two ratios equal). Above 2,048 rows
+the basis comes from the d x d side (ferpipe.heads.RowSpace), so the cost is linear in rows.
 
     python benchmarks/bench_heads.py --sizes 213 500 1500 --folds 4
+    python benchmarks/bench_heads.py --sizes 1500 15000 --folds 2
 """
 
 from __future__ import annotations
@@ -58,7 +61,9 @@ def main() -> None:
     p = TrainParams()
     rng = np.random.default_rng(0)
     print(f"C grid {p.head_c_grid}, tol {p.head_tol}, {args.threads} threads; 'projected' = per-fold time x 200 folds")
-    print(f"{'images':>7} {'train rows':>10} {'row-space dim':>13} {'batched s/fold':>14} {'projected 200 folds s':>22}")
+    print(f"{'images':>7} {'train rows':>10} {'row-space dim':>13} {'batched s/fold':>14} {'projected 200 folds s':>22}"
+          f" {'time ratio / rows ratio vs previous':>36}")  # fmt: skip
+    prev = None
     for n in args.sizes:
         reps = int(np.ceil(n / base.shape[1]))
         feats = np.concatenate([base + (rng.normal(0, 0.05, base.shape) * base.std() if r else 0)
@@ -70,7 +75,9 @@ def main() -> None:
         heads.fit_fold_heads(feats, y, problems, p.head_c_grid, 7, pad, p.head_max_iter, p.head_tol)
         per_fold = (time.perf_counter() - t0) / len(problems)
         dim = min(pad, feats.shape[2])
-        print(f"{n:>7} {pad:>10} {dim:>13} {per_fold:>14.2f} {200 * per_fold:>22.0f}")
+        growth = f"{per_fold / prev[1]:.1f} / {n / prev[0]:.1f}" if prev else "-"
+        print(f"{n:>7} {pad:>10} {dim:>13} {per_fold:>14.2f} {200 * per_fold:>22.0f} {growth:>36}", flush=True)
+        prev = (n, per_fold)
         if n == min(args.sizes):
             from sklearn.linear_model import LogisticRegression
 

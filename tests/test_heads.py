@@ -59,3 +59,33 @@ def test_solver_stops_on_the_gradient_test():
     sol = heads.fit_logistic(torch.from_numpy(z)[None], torch.from_numpy(y)[None], torch.ones(1, len(y), dtype=torch.float64),
                              [1.0], 4, tol=1e-7)  # fmt: skip
     assert sol.converged.all() and 5 < sol.iterations[0, 0] < 1000
+
+
+def test_more_rows_than_features_takes_the_primal_side_with_the_same_head():
+    """n > d: the basis comes from the d x d Gram matrix (cost linear in the rows); the head
+    equals the one fitted on the row-space coordinates of the n x n route."""
+    x, y = problem(3, n=200, d=12)
+    space, z = heads.RowSpace.fit(x)
+    assert space.basis.shape == (12, 12) and np.allclose(space(x), z, atol=1e-8)
+    xs = (x - space.mu) / space.sd  # the n x n route, by hand
+    eigval, eigvec = np.linalg.eigh(xs @ xs.T)
+    keep = eigval > eigval.max() * 1e-10
+    z_dual = eigvec[:, keep] * np.sqrt(eigval[keep])
+    gram = z.T @ z  # orthogonal columns with the same energies as the n x n route's
+    assert np.allclose(gram, np.diag(np.diag(gram)), atol=1e-6)
+    assert np.allclose(np.sort(np.diag(gram)), np.sort(eigval[keep]), rtol=1e-8)
+    primal = heads.fit_head(x, y, 1.0, 4, max_iter=3000, tol=1e-9)
+    mask = torch.ones(1, len(x), dtype=torch.float64)
+    dual = heads.fit_logistic(torch.from_numpy(z_dual)[None], torch.from_numpy(y)[None], mask, [1.0], 4,
+                              max_iter=3000, tol=1e-9)  # fmt: skip
+    p_primal = torch.softmax(torch.from_numpy(z @ primal[1] + primal[2]), 1).numpy()
+    p_dual = dual.proba(0, 0, z_dual)
+    assert np.abs(p_primal - p_dual).max() < 1e-4
+
+
+def test_fold_heads_with_more_rows_than_features_keep_their_coordinates_small():
+    x, y = problem(4, n=300, d=10)
+    feats = x[None].astype(np.float32)
+    folds = [heads.FoldHeadProblem(np.arange(0, 240), np.arange(240, 270), np.arange(270, 300))]
+    (prob, info), = heads.fit_fold_heads(feats, y, folds, [0.1, 1.0], 4, pad_rows=240)
+    assert prob.shape == (30, 4) and np.allclose(prob.sum(1), 1) and info["selected"]["val_accuracy"] > 0.4

@@ -7,8 +7,11 @@ penalised), divided by C * n so that problems of any size share one scale::
 
 - **Row space.** Features are standardised on the fold's training rows, then mapped onto
   the row space of that matrix: with an L2 penalty the optimal W lies in it (representer
-  theorem), so k <= n coordinates give exactly the 2048-d model, ~20x cheaper. The columns
-  there are orthogonal, so a diagonal preconditioner fits the Hessian well.
+  theorem), so k <= min(n, d) coordinates give exactly the d-dimensional model. The columns
+  there are orthogonal, so a diagonal preconditioner fits the Hessian well. The basis comes
+  from the smaller of the two Gram matrices: the n x n one while rows are fewer than
+  features (JAFFE: 340 rows, 2,048-18,432 features), the d x d one (the primal side) once
+  rows outnumber features, so the cost grows linearly with the rows instead of as n^2-n^3.
 - **Batched L-BFGS.** Every problem keeps its own history, step and stopping test; the
   batch only shares the matrix products. A problem's iterates therefore do not depend on
   which other folds share its batch (the fold fan-out gives the same heads as one batch).
@@ -41,6 +44,11 @@ class RowSpace:
         x = np.asarray(x_train, dtype=np.float64)
         mu, sd = x.mean(0), x.std(0) + 1e-6
         xs = (x - mu) / sd
+        if xs.shape[0] > xs.shape[1]:  # primal side: the d x d Gram matrix, linear in the rows
+            eigval, eigvec = np.linalg.eigh(xs.T @ xs)
+            keep = eigval > eigval.max() * 1e-10
+            basis = eigvec[:, keep]
+            return cls(mu, sd, basis), xs @ basis
         eigval, eigvec = np.linalg.eigh(xs @ xs.T)
         keep = eigval > eigval.max() * 1e-10
         root = np.sqrt(eigval[keep])
@@ -181,7 +189,8 @@ def fit_fold_heads(feats: np.ndarray, y: np.ndarray, folds: list[FoldHeadProblem
     average the views' probabilities. ``pad_rows`` >= every fold's views x train images
     (fixed by the caller so results never depend on the batch). -> [(test probs, info)]."""
     n_views = feats.shape[0]
-    z = torch.zeros(len(folds), pad_rows, pad_rows, dtype=torch.float64)
+    # coordinates: at most min(rows, features) per problem (zero columns pad, as zero rows do)
+    z = torch.zeros(len(folds), pad_rows, min(pad_rows, feats.shape[2]), dtype=torch.float64)
     yt = torch.zeros(len(folds), pad_rows, dtype=torch.long)
     mask = torch.zeros(len(folds), pad_rows, dtype=torch.float64)
     spaces = []
