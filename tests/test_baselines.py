@@ -407,3 +407,17 @@ def test_nn_pixels_equals_a_brute_force_nearest_neighbour():
         expect = [y[max(ref, key=lambda j, t=t: float(unit(images[t]) @ unit(images[j])))] for t in roles["test"]]
         assert prob.argmax(1).tolist() == expect and np.allclose(prob.sum(1), 1)
         assert 0 <= info["selected"]["val_accuracy"] <= 1
+
+
+def test_swarm_baselines_refuse_a_dataset_above_their_size_limit(synthetic, tmp_path, capsys):
+    manifest, plan, params = synthetic  # 84 images
+    small = tmp_path / "limit.yaml"
+    small.write_text(params.read_text().replace("  cso: {", "  cso: {max_images: 50, "))
+    assert "max_images: 50" in small.read_text()
+    assert main(_argv(synthetic, tmp_path / "o", small)) == 2
+    err = capsys.readouterr().err
+    assert "baselines.cso: 84 images, more than baselines.cso.max_images = 50" in err and "0 = no limit" in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(params.read_text().replace("  cso: {", "  cso: {max_images: -1, "))
+    assert main(_argv(synthetic, tmp_path / "o2", bad)) == 2
+    assert "baselines.cso.max_images" in capsys.readouterr().err

@@ -113,6 +113,16 @@ class RunInputs:
     load_s: float = 0.0
 
 
+def check_size(method: str, n_images: int, p) -> None:
+    """A method with a ``max_images`` setting (the swarm-trained networks) refuses larger data."""
+    limit = getattr(getattr(p, method), "max_images", 0)
+    if limit and n_images > limit:
+        raise ValueError(f"baselines.{method}: {n_images:,} images, more than baselines.{method}.max_images = "
+                         f"{limit:,}: this method was designed for hundreds of images and its cost grows with them; "
+                         f"raise baselines.{method}.max_images (0 = no limit) or leave {method} out of "
+                         "baselines.methods")  # fmt: skip
+
+
 def run_method(method: str, run: RunInputs, out: Path, p) -> tuple[dict, dict]:
     """One registered method over the folds: resume, compute the rest, summarise.
     -> (its entry of baselines_summary.json, its entry of the run record)."""
@@ -179,6 +189,8 @@ def run_baselines(manifest_path: Path, plan_path: Path, out: Path, p) -> dict:
     run = RunInputs(manifest_path, manifest["path"].to_numpy(),
                     classes.label_ids(manifest["label"], run_classes, str(manifest_path)), run_classes, folds,
                     _pad_rows(full_plan), base)  # fmt: skip
+    for method in p.methods:  # before any work: a refusal leaves nothing half done
+        check_size(method, len(run.paths), p)
     summary: dict = {"methods": {}, "n_folds_per_method": len(folds), "threads": p.threads}
     record: dict = {"stage": "baselines", "methods": {}}  # run facts: wall times, counts (run.json)
     torch_threads = torch.get_num_threads()

@@ -30,6 +30,8 @@ class SLFNParams:
     training error rate. weight_bound: search box of each layer ±weight_bound/sqrt(fan_in).
     pop: population size. iters: at most this many iterations. patience: stop a fold once its
     best network's training error has not fallen for this many iterations (0 = run all iters).
+    max_images: the stage refuses a dataset with more images (0 = no limit): swarm-trained
+    networks were designed for hundreds of images, and their cost grows with the rows.
     """
 
     image_size: int = 64
@@ -41,6 +43,7 @@ class SLFNParams:
     pop: int = 20
     iters: int = 3000
     patience: int = 300
+    max_images: int = 5000
 
     def check_network(self, section: str) -> None:
         def bad(key, why):
@@ -53,6 +56,8 @@ class SLFNParams:
         for key in ("image_size", "hidden", "pop"):
             if getattr(self, key) < 1:
                 bad(key, "expected a positive integer")
+        if self.max_images < 0:
+            bad("max_images", "expected an integer >= 0 (0 = no limit)")
         if self.iters < 0:
             bad("iters", "expected an integer >= 0")
         if self.patience < 0:
