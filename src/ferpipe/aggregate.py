@@ -149,11 +149,10 @@ def audit_markdown(index: list, audit_table) -> list[str]:
 
 
 def aggregate(results_dirs: list[Path], out: Path, metrics_path: Path, make_plots: bool = True,
-              audit_path: Path | None = None) -> dict:  # fmt: skip
+              audit_table=None) -> dict:  # fmt: skip
     found = collect(results_dirs)
     if not found:
         raise FileNotFoundError(f"no fold results under {[str(d) for d in results_dirs]}")
-    audit_table = audit.read_audit(audit_path) if audit_path else None
     metrics, index = {}, []
     for (method, protocol), by_run in sorted(found.items()):
         check_complete(method, protocol, by_run)
@@ -257,8 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with tracking.stage_status(parent, "aggregate") as status:
         try:
+            audit_table = audit.read_audit(args.audit) if args.audit else None
             metrics = aggregate(args.results, args.out, args.metrics, make_plots=not args.no_plots,
-                                audit_path=args.audit)
+                                audit_table=audit_table)
         except (FileNotFoundError, ValueError) as exc:
             print(f"aggregate: error: {exc}", file=sys.stderr)
             status.fail()
@@ -266,8 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         if parent:
             flat = {f"{m}.{p}.{k}": v for m, ps in metrics.items() for p, d in ps.items()
                     for k, v in d.items() if isinstance(v, float)}  # fmt: skip
-            if args.audit:  # the protocol audit's shares beside the accuracies they explain
-                for proto, a in audit.shares(audit.read_audit(args.audit)).items():
+            if audit_table is not None:  # the protocol audit's shares beside the accuracies they explain
+                for proto, a in audit.shares(audit_table).items():
                     flat.update({f"audit.{proto}.{k}": v for k, v in a.items() if isinstance(v, float)})
             tracking.log_parent_results(parent, flat, [args.out / "results.md", args.metrics])
             log_untracked_folds(parent, args.results)

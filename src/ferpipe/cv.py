@@ -71,14 +71,22 @@ def method_fold_seed(base: int, method: str, protocol: str, run: int, fold: int,
 
 
 def roles_digest(roles: dict[str, np.ndarray], paths) -> str:
-    """Which images a fold puts in each role: part of every fold's config hash, so a fold
-    result is resumed only for the very same train / val / test images (a new split plan
-    recomputes it)."""
+    """Which images a fold puts in each role (image paths, sorted per role)."""
     import json
 
     paths = np.asarray(paths)
     blob = json.dumps({r: sorted(paths[idx].tolist()) for r, idx in sorted(roles.items())})
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def fold_hashes(method_hash: str, folds, paths) -> dict[tuple[str, int, int], str]:
+    """{(protocol, run, fold): hash of the method's config and the fold's images}: a fold result
+    is resumed only for the very same train / val / test images (a new split plan recomputes it);
+    the method's own hash goes into the result's ``extra.method_config_hash``."""
+    from .foldio import config_hash
+
+    return {(pr, r, f): config_hash({"method_config": method_hash, "fold_images": roles_digest(roles, paths)})
+            for pr, r, f, roles in folds}  # fmt: skip
 
 
 def grouping_digest(test_sets: Iterable[Iterable[str]]) -> str:

@@ -164,8 +164,7 @@ def run_folds(ctx: FoldContext, folds: list, runner, deadline: float | None, wor
 
     A fold's hash covers the method's config and the fold's images, so a changed split plan
     recomputes the folds it changed instead of resuming their old results."""
-    fold_hash = {(pr, r, f): config_hash({"method_config": ctx.chash, "fold_images": cv.roles_digest(roles, ctx.image_names)})
-                 for pr, r, f, roles in folds}  # fmt: skip
+    fold_hash = cv.fold_hashes(ctx.chash, folds, ctx.image_names)
     fr = cv.FoldRun.open(ctx.results_dir, folds, lambda pr, r, f, _: fold_hash[(pr, r, f)])
     todo = [FoldTask(*f, chash=fold_hash[tuple(f[:3])]) for f in fr.todo]
     if fr.done:

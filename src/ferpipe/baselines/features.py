@@ -21,8 +21,6 @@ from __future__ import annotations
 import numpy as np
 import pywt
 
-from ..pixels import load_gray  # noqa: F401 - the stage loads through here
-
 
 class FeatureError(ValueError):
     """Impossible feature settings (e.g. an image side not divisible by 2**levels)."""

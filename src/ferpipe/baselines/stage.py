@@ -27,7 +27,8 @@ from .. import classes, config, cv, data
 from ..config import ParamsError, load_section, register_section
 from ..foldio import FoldResult, config_hash, group_by_run
 from ..io import sha256_file, write_json, write_run_record
-from . import METHODS, REGISTRY, features
+from ..pixels import load_gray
+from . import METHODS, REGISTRY
 from .base import FoldContext
 
 log = logging.getLogger("ferpipe.baselines")
@@ -131,15 +132,14 @@ def run_method(method: str, run: RunInputs, out: Path, p) -> tuple[dict, dict]:
     mod, mp = REGISTRY[method], getattr(p, method)
     mcfg = {**p.method_config(method), **run.base_config}
     mhash = config_hash(mcfg)
-    chash = {(pr, r, f): config_hash({"method_config": mhash, "fold_images": cv.roles_digest(roles, run.paths)})
-             for pr, r, f, roles in run.folds}  # fmt: skip
+    chash = cv.fold_hashes(mhash, run.folds, run.paths)
     fr = cv.FoldRun.open(out / method, run.folds, lambda pr, r, f, _: chash[(pr, r, f)])
     todo = fr.todo
     t_method, feat_s, fit_s = time.perf_counter(), 0.0, {}
     if todo:
         if mp.image_size not in run.images:
             t0 = time.perf_counter()
-            run.images[mp.image_size] = features.load_gray(list(run.paths), run.manifest_path.parent, mp.image_size)
+            run.images[mp.image_size] = load_gray(list(run.paths), run.manifest_path.parent, mp.image_size)
             run.load_s += time.perf_counter() - t0
         t0 = time.perf_counter()
         feats = mod.features_of(run.images[mp.image_size], mp)
